@@ -1,0 +1,755 @@
+// Package config loads and validates refresherd's YAML configuration.
+//
+// The loader walks the YAML node tree itself instead of decoding into structs
+// so that every error can name the file, the line and the key path, and so
+// that unknown keys are always errors.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	"go.yaml.in/yaml/v3"
+)
+
+// Change detection modes.
+const (
+	DetectNotify = "notify"
+	DetectNone   = "none"
+)
+
+// Config is a loaded, validated configuration with defaults applied.
+type Config struct {
+	File                   string
+	Database               Database
+	HTTP                   HTTP
+	Log                    Log
+	Leader                 Leader
+	Shutdown               Shutdown
+	MaxConcurrentRefreshes int
+	Views                  []View
+}
+
+// Database holds connection settings.
+type Database struct {
+	URL string
+	// DirectURL, when set, is used for the listener and leader connections,
+	// which need a real session (PgBouncer in transaction mode breaks LISTEN
+	// and session advisory locks).
+	DirectURL string
+}
+
+// SessionURL is the URL for connections that need a real session.
+func (d Database) SessionURL() string {
+	if d.DirectURL != "" {
+		return d.DirectURL
+	}
+	return d.URL
+}
+
+// HTTP holds the metrics/probe server settings.
+type HTTP struct{ Listen string }
+
+// Log holds logger settings.
+type Log struct{ Format, Level string }
+
+// Leader holds leader-election settings.
+type Leader struct{ Name string }
+
+// Shutdown holds graceful-stop settings.
+type Shutdown struct{ GracePeriod time.Duration }
+
+// Settings are the per-view refresh settings; `refresh:` holds the defaults.
+type Settings struct {
+	Schedule         string
+	ScheduleSpec     cron.Schedule // nil when no schedule
+	Debounce         time.Duration
+	MaxDelay         time.Duration
+	StatementTimeout time.Duration
+	LockTimeout      time.Duration
+	Concurrently     bool
+	ChangeDetection  string
+	// RefreshUnchanged makes scheduled ticks refresh even when no change was
+	// seen since the last refresh.
+	RefreshUnchanged bool
+}
+
+// View is one managed materialized view.
+type View struct {
+	Name      QualifiedName
+	Query     string
+	UniqueKey []string
+	Sources   []QualifiedName
+	Settings
+	Line int // where the view is declared, for later error messages
+}
+
+// Defaults applied when a key is absent.
+var defaultSettings = Settings{
+	Debounce:         time.Second,
+	MaxDelay:         30 * time.Second,
+	StatementTimeout: 10 * time.Minute,
+	LockTimeout:      5 * time.Second,
+	Concurrently:     true,
+	ChangeDetection:  DetectNotify,
+}
+
+// Error is a configuration error at a place in a file.
+type Error struct {
+	File string
+	Line int
+	Key  string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteString(":" + strconv.Itoa(e.Line))
+	}
+	if e.Key != "" {
+		b.WriteString(": " + e.Key)
+	}
+	b.WriteString(": " + e.Msg)
+	return b.String()
+}
+
+// Overrides come from the environment and flags; they win over the file.
+type Overrides struct {
+	DatabaseURL string
+	HTTPListen  string
+	LogFormat   string
+}
+
+// Load reads, expands, decodes and validates the file at path.
+// getenv resolves ${VAR} references (os.Getenv in production).
+func Load(path string, getenv func(string) string, ov Overrides) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	return Parse(path, data, getenv, ov)
+}
+
+// Parse is Load on bytes already read; path is used in messages and to
+// resolve query_file.
+func Parse(path string, data []byte, getenv func(string) string, ov Overrides) (*Config, error) {
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	d := &decoder{file: path, getenv: getenv, dir: filepath.Dir(path)}
+	cfg, err := d.decode(data)
+	if err != nil {
+		return nil, err
+	}
+	if ov.DatabaseURL != "" {
+		cfg.Database.URL = ov.DatabaseURL
+	}
+	if ov.HTTPListen != "" {
+		cfg.HTTP.Listen = ov.HTTPListen
+	}
+	if ov.LogFormat != "" {
+		cfg.Log.Format = ov.LogFormat
+	}
+	if err := checkLogFormat(cfg.Log.Format); err != nil {
+		return nil, &Error{File: path, Key: "log.format", Msg: err.Error()}
+	}
+	if cfg.Database.URL == "" {
+		return nil, &Error{File: path, Line: d.urlLine, Key: "database.url", Msg: "no database URL: set database.url, the DATABASE_URL environment variable or --database-url"}
+	}
+	return cfg, nil
+}
+
+func checkLogFormat(f string) error {
+	if f != "json" && f != "console" {
+		return fmt.Errorf("expected json or console, got %q", f)
+	}
+	return nil
+}
+
+type decoder struct {
+	file   string
+	dir    string
+	getenv func(string) string
+	err    error
+	// urlLine is where database.url is set, for the "no database URL" error.
+	urlLine int
+}
+
+func (d *decoder) fail(n *yaml.Node, key, format string, args ...any) {
+	if d.err != nil {
+		return
+	}
+	line := 0
+	if n != nil {
+		line = n.Line
+	}
+	d.err = &Error{File: d.file, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+func (d *decoder) decode(data []byte) (*Config, error) {
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &Error{File: d.file, Msg: "empty configuration"}
+		}
+		msg := err.Error()
+		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return nil, &Error{File: d.file, Line: line, Msg: "invalid YAML: " + m[2]}
+		}
+		return nil, &Error{File: d.file, Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		line := 0
+		if err == nil {
+			line = extra.Line
+		} else if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ = strconv.Atoi(m[1])
+		}
+		return nil, &Error{File: d.file, Line: line, Msg: "invalid YAML: more than one document (remove the extra ---)"}
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	cfg := &Config{
+		File:                   d.file,
+		HTTP:                   HTTP{Listen: ":9481"},
+		Log:                    Log{Format: "json", Level: "info"},
+		Leader:                 Leader{Name: "refresherd"},
+		Shutdown:               Shutdown{GracePeriod: 30 * time.Second},
+		MaxConcurrentRefreshes: 2,
+	}
+	defaults := defaultSettings
+	var viewsNode *yaml.Node
+	d.mapping(root, "", map[string]func(*yaml.Node, string){
+		"database": func(n *yaml.Node, p string) {
+			d.mapping(n, p, map[string]func(*yaml.Node, string){
+				"url": func(n *yaml.Node, p string) {
+					cfg.Database.URL = d.str(n, p)
+					d.urlLine = n.Line
+				},
+				"direct_url": func(n *yaml.Node, p string) { cfg.Database.DirectURL = d.str(n, p) },
+			})
+		},
+		"http": func(n *yaml.Node, p string) {
+			d.mapping(n, p, map[string]func(*yaml.Node, string){
+				"listen": func(n *yaml.Node, p string) { cfg.HTTP.Listen = d.str(n, p) },
+			})
+		},
+		"log": func(n *yaml.Node, p string) {
+			d.mapping(n, p, map[string]func(*yaml.Node, string){
+				"format": func(n *yaml.Node, p string) {
+					cfg.Log.Format = d.str(n, p)
+					if err := checkLogFormat(cfg.Log.Format); err != nil {
+						d.fail(n, p, "%v", err)
+					}
+				},
+				"level": func(n *yaml.Node, p string) {
+					cfg.Log.Level = d.str(n, p)
+					switch cfg.Log.Level {
+					case "debug", "info", "warn", "error":
+					default:
+						d.fail(n, p, "expected debug, info, warn or error, got %q", cfg.Log.Level)
+					}
+				},
+			})
+		},
+		"leader": func(n *yaml.Node, p string) {
+			d.mapping(n, p, map[string]func(*yaml.Node, string){
+				"name": func(n *yaml.Node, p string) {
+					cfg.Leader.Name = d.str(n, p)
+					if cfg.Leader.Name == "" {
+						d.fail(n, p, "must not be empty")
+					}
+				},
+			})
+		},
+		"shutdown": func(n *yaml.Node, p string) {
+			d.mapping(n, p, map[string]func(*yaml.Node, string){
+				"grace_period": func(n *yaml.Node, p string) { cfg.Shutdown.GracePeriod = d.duration(n, p, false) },
+			})
+		},
+		"max_concurrent_refreshes": func(n *yaml.Node, p string) {
+			cfg.MaxConcurrentRefreshes = d.integer(n, p)
+			if d.err == nil && cfg.MaxConcurrentRefreshes < 1 {
+				d.fail(n, p, "expected an integer >= 1, got %d", cfg.MaxConcurrentRefreshes)
+			}
+		},
+		"refresh": func(n *yaml.Node, p string) { d.settings(n, p, &defaults) },
+		"views":   func(n *yaml.Node, _ string) { viewsNode = n },
+	})
+	if d.err == nil && viewsNode == nil {
+		d.fail(root, "views", "no views configured: add at least one under views:")
+	}
+	if d.err == nil {
+		cfg.Views = d.views(viewsNode, defaults)
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return cfg, nil
+}
+
+// mapping decodes a mapping node, calling the handler for each known key and
+// failing on unknown or duplicate keys.
+func (d *decoder) mapping(n *yaml.Node, path string, handlers map[string]func(*yaml.Node, string)) {
+	if d.err != nil {
+		return
+	}
+	where := path
+	if where == "" {
+		where = "(top level)"
+	}
+	if n.Kind != yaml.MappingNode {
+		d.fail(n, where, "expected a mapping, got %s", kindName(n))
+		return
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content) && d.err == nil; i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			d.fail(k, where, "expected a plain key, got %s", kindName(k))
+			return
+		}
+		key := k.Value
+		full := key
+		if path != "" {
+			full = path + "." + key
+		}
+		h, ok := handlers[key]
+		if !ok {
+			d.fail(k, full, "unknown key (expected one of: %s)", strings.Join(sortedKeys(handlers), ", "))
+			return
+		}
+		if seen[key] {
+			d.fail(k, full, "duplicate key")
+			return
+		}
+		seen[key] = true
+		h(v, full)
+	}
+}
+
+func sortedKeys(m map[string]func(*yaml.Node, string)) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		if len(n.Content) == 0 {
+			return "an empty list"
+		}
+		return "a list"
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return "nothing"
+		}
+		return fmt.Sprintf("%q", n.Value)
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	return "something else"
+}
+
+var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+// str returns a scalar's value with ${VAR} and ${VAR:-default} expanded.
+// Expansion happens per value, after parsing, so an environment value can
+// never change the YAML's structure.
+func (d *decoder) str(n *yaml.Node, path string) string {
+	if d.err != nil {
+		return ""
+	}
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		d.fail(n, path, "expected a string, got %s", kindName(n))
+		return ""
+	}
+	return envRE.ReplaceAllStringFunc(n.Value, func(m string) string {
+		sub := envRE.FindStringSubmatch(m)
+		if v := d.getenv(sub[1]); v != "" {
+			return v
+		}
+		return sub[3]
+	})
+}
+
+func (d *decoder) duration(n *yaml.Node, path string, zeroOK bool) time.Duration {
+	s := d.str(n, path)
+	if d.err != nil {
+		return 0
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		d.fail(n, path, "expected a duration such as 500ms, 30s or 5m, got %q", s)
+		return 0
+	}
+	if v < 0 || (v == 0 && !zeroOK) {
+		d.fail(n, path, "expected a positive duration, got %q", s)
+		return 0
+	}
+	return v
+}
+
+// pgTimeout is a positive duration that PostgreSQL can represent: its
+// timeouts have millisecond resolution and a sub-millisecond value would be
+// rounded to 0, which disables the timeout.
+func (d *decoder) pgTimeout(n *yaml.Node, path string) time.Duration {
+	v := d.duration(n, path, false)
+	if d.err == nil && v < time.Millisecond {
+		d.fail(n, path, "must be at least 1ms (PostgreSQL's timeout resolution), got %s", v)
+		return 0
+	}
+	return v
+}
+
+func (d *decoder) integer(n *yaml.Node, path string) int {
+	s := d.str(n, path)
+	if d.err != nil {
+		return 0
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		d.fail(n, path, "expected an integer, got %q", s)
+	}
+	return v
+}
+
+func (d *decoder) boolean(n *yaml.Node, path string) bool {
+	s := d.str(n, path)
+	if d.err != nil {
+		return false
+	}
+	switch s {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	d.fail(n, path, "expected true or false, got %q", s)
+	return false
+}
+
+func (d *decoder) strList(n *yaml.Node, path string) ([]string, []*yaml.Node) {
+	if d.err != nil {
+		return nil, nil
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag != "!!null" {
+		return []string{d.str(n, path)}, []*yaml.Node{n}
+	}
+	if n.Kind != yaml.SequenceNode {
+		d.fail(n, path, "expected a list of strings, got %s", kindName(n))
+		return nil, nil
+	}
+	out := make([]string, 0, len(n.Content))
+	for i, c := range n.Content {
+		out = append(out, d.str(c, fmt.Sprintf("%s[%d]", path, i)))
+	}
+	return out, n.Content
+}
+
+// settings decodes refresh settings into s (which holds the inherited values).
+func (d *decoder) settings(n *yaml.Node, path string, s *Settings) {
+	d.mapping(n, path, d.settingHandlers(s))
+	d.checkSettings(n, path, s)
+}
+
+func (d *decoder) settingHandlers(s *Settings) map[string]func(*yaml.Node, string) {
+	return map[string]func(*yaml.Node, string){
+		"schedule": func(n *yaml.Node, p string) {
+			s.Schedule = d.str(n, p)
+			s.ScheduleSpec = nil
+			if d.err != nil || s.Schedule == "" {
+				return
+			}
+			spec, err := parseSchedule(s.Schedule)
+			if err != nil {
+				d.fail(n, p, "%v", err)
+				return
+			}
+			s.ScheduleSpec = spec
+		},
+		"debounce":          func(n *yaml.Node, p string) { s.Debounce = d.duration(n, p, true) },
+		"max_delay":         func(n *yaml.Node, p string) { s.MaxDelay = d.duration(n, p, false) },
+		"statement_timeout": func(n *yaml.Node, p string) { s.StatementTimeout = d.pgTimeout(n, p) },
+		"lock_timeout":      func(n *yaml.Node, p string) { s.LockTimeout = d.pgTimeout(n, p) },
+		"concurrently":      func(n *yaml.Node, p string) { s.Concurrently = d.boolean(n, p) },
+		"refresh_unchanged": func(n *yaml.Node, p string) { s.RefreshUnchanged = d.boolean(n, p) },
+		"change_detection": func(n *yaml.Node, p string) {
+			s.ChangeDetection = d.str(n, p)
+			switch s.ChangeDetection {
+			case DetectNotify, DetectNone:
+			default:
+				d.fail(n, p, "expected notify or none, got %q", s.ChangeDetection)
+			}
+		},
+	}
+}
+
+// parseSchedule parses a 5-field cron expression or a descriptor such as
+// @hourly or @every 30s, optionally prefixed with TZ=zone or CRON_TZ=zone.
+func parseSchedule(s string) (cron.Schedule, error) {
+	invalid := func(err error) error {
+		return fmt.Errorf("invalid cron expression %q (expected 5 fields such as \"*/5 * * * *\" or @every 30s): %v", s, err)
+	}
+	rest := s
+	if strings.HasPrefix(s, "TZ=") || strings.HasPrefix(s, "CRON_TZ=") {
+		// cron.ParseStandard slices out of range (panics) without the space.
+		i := strings.IndexByte(s, ' ')
+		if i < 0 {
+			return nil, invalid(errors.New("a time zone must be followed by a space and a schedule"))
+		}
+		rest = strings.TrimSpace(s[i:])
+	}
+	spec, err := parseCron(s)
+	if err != nil {
+		return nil, invalid(err)
+	}
+	switch spec := spec.(type) {
+	case cron.ConstantDelaySchedule:
+		// cron.Every silently raises intervals below 1s to 1s and truncates
+		// fractions of a second, so check the written interval.
+		every, err := time.ParseDuration(strings.TrimPrefix(rest, "@every "))
+		if err != nil {
+			return nil, invalid(err)
+		}
+		if every < time.Second {
+			return nil, fmt.Errorf("@every interval must be at least 1s, got %q", s)
+		}
+		if every%time.Second != 0 {
+			return nil, fmt.Errorf("@every interval must be a whole number of seconds, got %q", s)
+		}
+	case *cron.SpecSchedule:
+		if spec.Next(time.Now()).IsZero() {
+			return nil, fmt.Errorf("cron expression %q never fires (no date matches it)", s)
+		}
+	}
+	return spec, nil
+}
+
+func parseCron(s string) (spec cron.Schedule, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			spec, err = nil, fmt.Errorf("%v", r)
+		}
+	}()
+	return cron.ParseStandard(s)
+}
+
+func (d *decoder) checkSettings(n *yaml.Node, path string, s *Settings) {
+	if d.err != nil {
+		return
+	}
+	if s.MaxDelay < s.Debounce {
+		// Point at whichever of the two this mapping sets; the other one may
+		// be inherited.
+		if n.Kind == yaml.MappingNode {
+			if v := lookup(n, "max_delay"); v != nil {
+				n = v
+			} else if v := lookup(n, "debounce"); v != nil {
+				n = v
+			}
+		}
+		d.fail(n, path+".max_delay", "must not be shorter than debounce (%s < %s)", s.MaxDelay, s.Debounce)
+	}
+}
+
+func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
+	if n.Kind != yaml.SequenceNode || len(n.Content) == 0 {
+		d.fail(n, "views", "expected a non-empty list of views, got %s", kindName(n))
+		return nil
+	}
+	var views []View
+	byName := map[QualifiedName]int{}
+	for i, vn := range n.Content {
+		path := fmt.Sprintf("views[%d]", i)
+		if vn.Kind != yaml.MappingNode {
+			d.fail(vn, path, "expected a mapping, got %s", kindName(vn))
+			return nil
+		}
+		v := View{Settings: defaults, Line: vn.Line}
+		// Name first, so every later message can say which view it is about.
+		nameNode := lookup(vn, "name")
+		if nameNode == nil {
+			d.fail(vn, path+".name", "missing: every view needs a schema-qualified name")
+			return nil
+		}
+		raw := d.str(nameNode, path+".name")
+		if d.err != nil {
+			return nil
+		}
+		name, err := ParseQualifiedName(raw)
+		if err != nil {
+			d.fail(nameNode, path+".name", "%v", err)
+			return nil
+		}
+		v.Name = name
+		if prev, dup := byName[name]; dup {
+			d.fail(nameNode, path+".name", "view %s is already declared as views[%d]", name, prev)
+			return nil
+		}
+		byName[name] = i
+		path = fmt.Sprintf("views[%d] (%s)", i, name)
+
+		var queryNode, fileNode, keyNode, srcNode *yaml.Node
+		handlers := d.settingHandlers(&v.Settings)
+		handlers["name"] = func(*yaml.Node, string) {}
+		handlers["query"] = func(n *yaml.Node, _ string) { queryNode = n }
+		handlers["query_file"] = func(n *yaml.Node, _ string) { fileNode = n }
+		handlers["unique_key"] = func(n *yaml.Node, _ string) { keyNode = n }
+		handlers["sources"] = func(n *yaml.Node, _ string) { srcNode = n }
+		d.mapping(vn, path, handlers)
+		if d.err != nil {
+			return nil
+		}
+		switch {
+		case queryNode != nil && fileNode != nil:
+			d.fail(fileNode, path+".query_file", "set either query or query_file, not both")
+		case queryNode != nil:
+			v.Query = d.str(queryNode, path+".query")
+		case fileNode != nil:
+			v.Query = d.queryFile(fileNode, path+".query_file")
+		default:
+			d.fail(vn, path+".query", "missing: set query or query_file")
+		}
+		if d.err != nil {
+			return nil
+		}
+		// A trailing ';' would end the statement the query is embedded in.
+		v.Query = strings.TrimRight(strings.TrimSpace(v.Query), "; \t\r\n\f\v")
+		if v.Query == "" {
+			if queryNode != nil {
+				d.fail(queryNode, path+".query", "is empty")
+			} else {
+				d.fail(fileNode, path+".query_file", "is empty")
+			}
+			return nil
+		}
+		if keyNode == nil {
+			d.fail(vn, path+".unique_key", "missing: REFRESH ... CONCURRENTLY needs a unique key of NOT NULL columns, e.g. unique_key: [id]")
+			return nil
+		}
+		keys, keyNodes := d.strList(keyNode, path+".unique_key")
+		if d.err == nil && len(keys) == 0 {
+			d.fail(keyNode, path+".unique_key", "must name at least one column")
+		}
+		if d.err != nil {
+			return nil
+		}
+		for j, k := range keys {
+			kp := fmt.Sprintf("%s.unique_key[%d]", path, j)
+			col, err := ParseIdent(k)
+			if err != nil {
+				d.fail(keyNodes[j], kp, "%v", err)
+				return nil
+			}
+			if slices.Contains(v.UniqueKey, col) {
+				d.fail(keyNodes[j], kp, "duplicate column %q", col)
+				return nil
+			}
+			v.UniqueKey = append(v.UniqueKey, col)
+		}
+		if srcNode != nil {
+			srcs, srcNodes := d.strList(srcNode, path+".sources")
+			if d.err != nil {
+				return nil
+			}
+			for j, s := range srcs {
+				sp := fmt.Sprintf("%s.sources[%d]", path, j)
+				q, err := ParseQualifiedName(s)
+				if err != nil {
+					d.fail(srcNodes[j], sp, "%v", err)
+					return nil
+				}
+				if slices.Contains(v.Sources, q) {
+					d.fail(srcNodes[j], sp, "duplicate source %s", q)
+					return nil
+				}
+				v.Sources = append(v.Sources, q)
+			}
+		}
+		if len(v.Sources) == 0 && v.ChangeDetection != DetectNone {
+			d.fail(vn, path+".sources", "missing: change_detection %q needs the source tables to watch (or set change_detection: none)", v.ChangeDetection)
+		}
+		d.checkSettings(vn, path, &v.Settings)
+		if d.err != nil {
+			return nil
+		}
+		views = append(views, v)
+	}
+	return views
+}
+
+// lookup returns the value of the first plain key named key in mapping n.
+func lookup(n *yaml.Node, key string) *yaml.Node {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; k.Kind == yaml.ScalarNode && k.Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// maxQueryFile bounds query_file reads.
+const maxQueryFile = 1 << 20
+
+// queryFile reads a query_file, relative to the configuration's directory.
+// Only regular files are read: a FIFO or a device such as /dev/zero would
+// block or never end.
+func (d *decoder) queryFile(n *yaml.Node, path string) string {
+	f := d.str(n, path)
+	if d.err != nil {
+		return ""
+	}
+	if f == "" {
+		d.fail(n, path, "is empty")
+		return ""
+	}
+	if !filepath.IsAbs(f) {
+		f = filepath.Join(d.dir, f)
+	}
+	st, err := os.Stat(f)
+	if err != nil {
+		d.fail(n, path, "cannot read: %v", err)
+		return ""
+	}
+	if !st.Mode().IsRegular() {
+		d.fail(n, path, "cannot read %s: not a regular file", f)
+		return ""
+	}
+	if st.Size() > maxQueryFile {
+		d.fail(n, path, "cannot read %s: larger than %d bytes", f, maxQueryFile)
+		return ""
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		d.fail(n, path, "cannot read: %v", err)
+		return ""
+	}
+	return string(b)
+}
