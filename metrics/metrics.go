@@ -1,0 +1,199 @@
+// Package metrics holds refresherd's Prometheus registry, its metrics and the
+// HTTP server that exposes them with the probes and the status page.
+package metrics
+
+import (
+	"runtime"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Triggers and results are the bounded label values of refreshes_total;
+// every combination is initialised per view so dashboards see zeros.
+var (
+	Triggers = []string{TriggerSchedule, TriggerChange, TriggerManual, TriggerStartup, TriggerCatchup, TriggerRetry}
+	Results  = []string{ResultSuccess, ResultError, ResultSkipped}
+)
+
+// Trigger label values.
+const (
+	TriggerSchedule = "schedule"
+	TriggerChange   = "change"
+	TriggerManual   = "manual"
+	TriggerStartup  = "startup"
+	TriggerCatchup  = "catchup"
+	TriggerRetry    = "retry"
+)
+
+// Result label values.
+const (
+	ResultSuccess = "success"
+	ResultError   = "error"
+	ResultSkipped = "skipped"
+)
+
+// Metrics are the daemon's instruments, registered on their own registry.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Refreshes            *prometheus.CounterVec
+	Duration             *prometheus.HistogramVec
+	LastSuccess          *prometheus.GaugeVec
+	DataAsOf             *prometheus.GaugeVec
+	ViewReady            *prometheus.GaugeVec
+	Leader               prometheus.Gauge
+	ListenerConnected    prometheus.Gauge
+	ListenerReconnects   prometheus.Counter
+	NotificationsIgnored prometheus.Counter
+	ConfigReloadOK       prometheus.Gauge
+	ConfigReloadTime     prometheus.Gauge
+}
+
+// New creates and registers every metric, with Go and process collectors.
+func New(version string) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: reg,
+		Refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "refresherd_refreshes_total",
+			Help: "Refresh attempts by view, trigger and result (skipped: a scheduled tick with nothing changed).",
+		}, []string{"view", "trigger", "result"}),
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "refresherd_refresh_duration_seconds",
+			Help: "Wall time of refresh transactions, successful or not.",
+			// 10 ms .. ~20 min: from a tiny summary to a 10M-row recompute.
+			Buckets: prometheus.ExponentialBuckets(0.01, 2.5, 14),
+		}, []string{"view"}),
+		LastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "refresherd_last_success_timestamp_seconds",
+			Help: "When the last successful refresh of the view committed (0 if none yet).",
+		}, []string{"view"}),
+		DataAsOf: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "refresherd_data_as_of_timestamp_seconds",
+			Help: "The snapshot time the view's data reflects: every change committed before it is in the view (0 if unknown).",
+		}, []string{"view"}),
+		ViewReady: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "refresherd_view_ready",
+			Help: "1 when the view is set up and refreshable, 0 when its set-up failed (see logs and /status).",
+		}, []string{"view"}),
+		Leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "refresherd_leader",
+			Help: "1 on the replica that holds the leader lock and refreshes.",
+		}),
+		ListenerConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "refresherd_listener_connected",
+			Help: "1 while the LISTEN connection is up (0 on followers and when no view uses notify).",
+		}),
+		ListenerReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "refresherd_listener_reconnects_total",
+			Help: "LISTEN connections re-established after a loss.",
+		}),
+		NotificationsIgnored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "refresherd_notifications_ignored_total",
+			Help: "Notifications on the change channel that could not be parsed or name no watched table.",
+		}),
+		ConfigReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "refresherd_config_last_reload_successful",
+			Help: "1 if the last configuration (re)load succeeded.",
+		}),
+		ConfigReloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "refresherd_config_last_reload_success_timestamp_seconds",
+			Help: "When the configuration was last loaded successfully.",
+		}),
+	}
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "refresherd_build_info",
+		Help: "Build information; always 1.",
+	}, []string{"version", "goversion"})
+	build.WithLabelValues(version, runtime.Version()).Set(1)
+	reg.MustRegister(
+		m.Refreshes, m.Duration, m.LastSuccess, m.DataAsOf, m.ViewReady,
+		m.Leader, m.ListenerConnected, m.ListenerReconnects, m.NotificationsIgnored,
+		m.ConfigReloadOK, m.ConfigReloadTime, build,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	m.ConfigReloadOK.Set(1)
+	return m
+}
+
+// InitView creates every label set of a view so its series exist from the
+// start (absent series break rate() and alerts).
+func (m *Metrics) InitView(view string) {
+	for _, t := range Triggers {
+		for _, r := range Results {
+			m.Refreshes.WithLabelValues(view, t, r)
+		}
+	}
+	m.Duration.WithLabelValues(view)
+	m.LastSuccess.WithLabelValues(view)
+	m.DataAsOf.WithLabelValues(view)
+	m.ViewReady.WithLabelValues(view)
+}
+
+// RemoveView deletes a view's series (when it stops being managed).
+func (m *Metrics) RemoveView(view string) {
+	for _, t := range Triggers {
+		for _, r := range Results {
+			m.Refreshes.DeleteLabelValues(view, t, r)
+		}
+	}
+	m.Duration.DeleteLabelValues(view)
+	m.LastSuccess.DeleteLabelValues(view)
+	m.DataAsOf.DeleteLabelValues(view)
+	m.ViewReady.DeleteLabelValues(view)
+}
+
+// ViewState is the live, in-memory state of one view, read at scrape time so
+// staleness is exact rather than as old as the last update.
+type ViewState struct {
+	View             string
+	StalenessSeconds float64
+	PendingChanges   float64
+	InProgress       bool
+}
+
+// StateSource provides the live view states; it must answer from memory
+// without touching the database, so /metrics stays fast when it hangs.
+type StateSource interface {
+	ViewStates() []ViewState
+}
+
+// RegisterState registers the collector of staleness, pending changes and
+// refresh-in-progress from src.
+func (m *Metrics) RegisterState(src StateSource) {
+	m.Registry.MustRegister(&stateCollector{src: src})
+}
+
+var (
+	stalenessDesc = prometheus.NewDesc("refresherd_staleness_seconds",
+		"Age of the oldest change not yet reflected in the view; 0 when the view is up to date.",
+		[]string{"view"}, nil)
+	pendingDesc = prometheus.NewDesc("refresherd_pending_changes",
+		"Change events received since the last refresh started and not yet reflected.",
+		[]string{"view"}, nil)
+	inProgressDesc = prometheus.NewDesc("refresherd_refresh_in_progress",
+		"1 while a refresh of the view is running.",
+		[]string{"view"}, nil)
+)
+
+type stateCollector struct{ src StateSource }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- stalenessDesc
+	ch <- pendingDesc
+	ch <- inProgressDesc
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.src.ViewStates() {
+		ch <- prometheus.MustNewConstMetric(stalenessDesc, prometheus.GaugeValue, s.StalenessSeconds, s.View)
+		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, s.PendingChanges, s.View)
+		inProgress := 0.0
+		if s.InProgress {
+			inProgress = 1
+		}
+		ch <- prometheus.MustNewConstMetric(inProgressDesc, prometheus.GaugeValue, inProgress, s.View)
+	}
+}

@@ -1,0 +1,118 @@
+package refresh
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+)
+
+// Elector holds leadership with a session-level advisory lock on a dedicated
+// connection: the lock lives exactly as long as that connection, so a killed
+// leader frees it at once and a partitioned one loses it when the server
+// drops the session. Followers retry with jitter.
+type Elector struct {
+	ConnConfig *pgx.ConnConfig
+	Name       string
+	// RetryEvery is how often a follower tries for the lock; CheckEvery how
+	// often the leader pings its connection (jittered by 20%).
+	RetryEvery, CheckEvery time.Duration
+	Backoff                Backoff
+	Log                    *zap.Logger
+	// OnChange is called from the elector goroutine when leadership starts
+	// or ends.
+	OnChange func(leader bool)
+}
+
+// Run campaigns until ctx is done; then it releases the lock (under a
+// detached short deadline, so shutdown hands over at once).
+func (e *Elector) Run(ctx context.Context) {
+	key := lockKey("leader", e.Name)
+	attempt := 0
+	for ctx.Err() == nil {
+		conn, err := e.connect(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			attempt++
+			d := e.Backoff.Delay(attempt)
+			if attempt == 1 {
+				e.Log.Warn("leader election cannot connect; retrying", zap.Error(err), zap.Duration("retry_in", d))
+			}
+			sleep(ctx, d)
+			continue
+		}
+		attempt = 0
+		err = e.session(ctx, conn, key)
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = conn.Close(closeCtx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			e.Log.Warn("leader election connection lost", zap.Error(err))
+		}
+	}
+}
+
+func (e *Elector) connect(ctx context.Context) (*pgx.Conn, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, e.ConnConfig)
+	if err != nil {
+		return nil, fmt.Errorf("connect leader election: %w", err)
+	}
+	return conn, nil
+}
+
+// session campaigns and leads on one connection until it fails or ctx ends.
+func (e *Elector) session(ctx context.Context, conn *pgx.Conn, key int64) error {
+	leading := false
+	defer func() {
+		if !leading {
+			return
+		}
+		// Resign first, so workers stop before anyone else can lead.
+		e.OnChange(false)
+		e.Log.Info("leadership released")
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_, _ = conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, key)
+	}()
+	for {
+		if !leading {
+			var got bool
+			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := conn.QueryRow(qctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("try leader lock: %w", err)
+			}
+			if got {
+				leading = true
+				e.Log.Info("became leader", zap.String("name", e.Name))
+				e.OnChange(true)
+				continue
+			}
+			if !sleep(ctx, jitter(e.RetryEvery, 0.3)) {
+				return ctx.Err()
+			}
+			continue
+		}
+		if !sleep(ctx, jitter(e.CheckEvery, 0.2)) {
+			return ctx.Err()
+		}
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			// The lock may already be gone with the session: stop leading
+			// now rather than after a reconnect.
+			leading = false
+			e.OnChange(false)
+			e.Log.Warn("lost leadership: connection check failed", zap.Error(err))
+			return fmt.Errorf("check leader connection: %w", err)
+		}
+	}
+}

@@ -1,0 +1,182 @@
+package refresh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/metrics"
+)
+
+// Outcome describes one committed refresh.
+type Outcome struct {
+	AsOf         time.Time // every change committed before this is in the view
+	FinishedAt   time.Time
+	Duration     time.Duration
+	Concurrently bool
+}
+
+// Refresher runs refresh transactions against the pool.
+type Refresher struct {
+	Pool     *pgxpool.Pool
+	Identity string // host/pod recorded in the status table
+}
+
+const upsertSuccessSQL = `
+INSERT INTO refresherd.view_status AS s
+    (view_name, data_as_of, last_success_at, last_attempt_at, last_result, last_error,
+     last_trigger, last_duration_seconds, consecutive_failures, refreshed_by)
+VALUES ($1, $2, clock_timestamp(), now(), 'success', NULL,
+     $3, extract(epoch FROM clock_timestamp() - now()), 0, $4)
+ON CONFLICT (view_name) DO UPDATE SET
+    data_as_of = excluded.data_as_of,
+    last_success_at = excluded.last_success_at,
+    last_attempt_at = excluded.last_attempt_at,
+    last_result = excluded.last_result,
+    last_error = NULL,
+    last_trigger = excluded.last_trigger,
+    last_duration_seconds = excluded.last_duration_seconds,
+    consecutive_failures = 0,
+    refreshed_by = excluded.refreshed_by
+RETURNING last_success_at, last_duration_seconds`
+
+const logSuccessSQL = `
+WITH pruned AS (
+    DELETE FROM refresherd.refresh_log
+    WHERE view_name = $1 AND finished_at < now() - interval '7 days'
+)
+INSERT INTO refresherd.refresh_log
+    (view_name, trigger, result, started_at, finished_at, data_as_of, refreshed_by)
+VALUES ($1, $2, 'success', now(), clock_timestamp(), $3, $4)`
+
+const recordFailureSQL = `
+WITH s AS (
+    INSERT INTO refresherd.view_status AS s
+        (view_name, last_attempt_at, last_result, last_error, last_trigger,
+         last_duration_seconds, consecutive_failures, refreshed_by)
+    VALUES ($1, clock_timestamp() - make_interval(secs => $4), 'error', $2, $3, $4, 1, $5)
+    ON CONFLICT (view_name) DO UPDATE SET
+        last_attempt_at = excluded.last_attempt_at,
+        last_result = 'error',
+        last_error = excluded.last_error,
+        last_trigger = excluded.last_trigger,
+        last_duration_seconds = excluded.last_duration_seconds,
+        consecutive_failures = s.consecutive_failures + 1,
+        refreshed_by = excluded.refreshed_by
+)
+INSERT INTO refresherd.refresh_log
+    (view_name, trigger, result, started_at, finished_at, error, refreshed_by)
+VALUES ($1, $3, 'error', clock_timestamp() - make_interval(secs => $4), clock_timestamp(), $2, $5)`
+
+// Refresh refreshes one view in one transaction: timeouts, the per-view
+// advisory lock (two refreshers never overlap, even while leadership moves),
+// the snapshot time, REFRESH, and the status row, committed together. On
+// error nothing of it commits: the view keeps its previous data.
+func (r *Refresher) Refresh(ctx context.Context, v *config.View, trigger string) (Outcome, error) {
+	start := time.Now()
+	out, err := r.refreshTx(ctx, v, trigger)
+	out.Duration = time.Since(start)
+	if err != nil {
+		return out, fmt.Errorf("refresh %s: %w", v.Name, err)
+	}
+	return out, nil
+}
+
+func (r *Refresher) refreshTx(ctx context.Context, v *config.View, trigger string) (Outcome, error) {
+	var out Outcome
+	tx, err := r.Pool.Begin(ctx)
+	if err != nil {
+		return out, fmt.Errorf("begin: %w", err)
+	}
+	// Rollback after a commit is a no-op; with a cancelled ctx pgx closes
+	// the connection, which also ends the transaction server-side.
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)`,
+		pgDuration(v.StatementTimeout), pgDuration(v.LockTimeout)); err != nil {
+		return out, fmt.Errorf("set timeouts: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("view", v.Name.String())); err != nil {
+		return out, fmt.Errorf("take view lock: %w", err)
+	}
+	var populated bool
+	var kind string
+	err = tx.QueryRow(ctx, `SELECT clock_timestamp(), c.relispopulated, c.relkind::text
+		FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)`, v.Name.Sanitized()).Scan(&out.AsOf, &populated, &kind)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return out, fmt.Errorf("materialized view %s does not exist", v.Name)
+	}
+	if err != nil {
+		return out, fmt.Errorf("read view state: %w", err)
+	}
+	if kind != "m" {
+		return out, fmt.Errorf("%s is not a materialized view (relkind %q)", v.Name, kind)
+	}
+	// CONCURRENTLY fails on a view that was never populated: populate it
+	// once with a plain refresh.
+	out.Concurrently = v.Concurrently && populated
+	stmt := "REFRESH MATERIALIZED VIEW "
+	if out.Concurrently {
+		stmt += "CONCURRENTLY "
+	}
+	if _, err := tx.Exec(ctx, stmt+v.Name.Sanitized()); err != nil {
+		return out, fmt.Errorf("%s: %w", stmt[:len(stmt)-1], err)
+	}
+	var seconds float64
+	if err := tx.QueryRow(ctx, upsertSuccessSQL, v.Name.String(), out.AsOf, trigger, r.Identity).Scan(&out.FinishedAt, &seconds); err != nil {
+		return out, fmt.Errorf("record status: %w", err)
+	}
+	if _, err := tx.Exec(ctx, logSuccessSQL, v.Name.String(), trigger, out.AsOf, r.Identity); err != nil {
+		return out, fmt.Errorf("record log: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return out, fmt.Errorf("commit: %w", err)
+	}
+	return out, nil
+}
+
+// RecordFailure writes a failed attempt in a transaction of its own, so the
+// status never claims a refresh that did not commit. It must work during
+// shutdown, hence its own short deadline detached from ctx's cancellation.
+func (r *Refresher) RecordFailure(ctx context.Context, v *config.View, trigger string, dur time.Duration, refreshErr error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := r.Pool.Exec(ctx, recordFailureSQL, v.Name.String(), errorText(refreshErr), trigger, dur.Seconds(), r.Identity); err != nil {
+		return fmt.Errorf("record failure of %s: %w", v.Name, err)
+	}
+	return nil
+}
+
+// errorText is the message stored for operators: the server's message and
+// code when there is one.
+func errorText(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return fmt.Sprintf("%s (SQLSTATE %s)", err.Error(), pgErr.Code)
+	}
+	return err.Error()
+}
+
+// isCanceled reports whether err comes from our own cancellation.
+func isCanceled(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err))
+}
+
+// pgDuration formats d for a PostgreSQL time setting in milliseconds.
+func pgDuration(d time.Duration) string {
+	return fmt.Sprintf("%dms", max(d.Milliseconds(), 1))
+}
+
+// resultOf maps an error to the metrics result label.
+func resultOf(err error) string {
+	if err != nil {
+		return metrics.ResultError
+	}
+	return metrics.ResultSuccess
+}
