@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The full check: formatting, vet, staticcheck and the race-enabled tests
+# against throwaway PostgreSQL clusters (each test package starts its own via
+# internal/pgtest; set REFRESHERD_TEST_PGURL to use an existing server).
+# Extra arguments replace ./... as the packages to check.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+pkgs=("$@")
+if [[ ${#pkgs[@]} -eq 0 ]]; then
+	pkgs=(./...)
+fi
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "ensure PostgreSQL is installed"
+bash scripts/ensure-postgres.sh
+
+step "gofmt"
+# Untracked files count too: the tree is checked before it is committed.
+if git rev-parse --git-dir >/dev/null 2>&1; then
+	mapfile -t files < <(git ls-files --cached --others --exclude-standard -- '*.go')
+else
+	mapfile -t files < <(find . -name '*.go' -not -path './vendor/*')
+fi
+if [[ ${#files[@]} -gt 0 ]]; then
+	unformatted="$(gofmt -l "${files[@]}")"
+	if [[ -n "$unformatted" ]]; then
+		echo "gofmt: these files need formatting (run gofmt -w):" >&2
+		echo "$unformatted" >&2
+		exit 1
+	fi
+fi
+
+step "go vet ${pkgs[*]}"
+go vet "${pkgs[@]}"
+
+step "staticcheck ${pkgs[*]}"
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 "${pkgs[@]}"
+
+step "go test -race ${pkgs[*]}"
+go test -race -count=1 -timeout 30m "${pkgs[@]}"
+
+step "all checks passed"
