@@ -83,7 +83,7 @@ func New(version string) *Metrics {
 		}),
 		ListenerConnected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "refresherd_listener_connected",
-			Help: "1 while the LISTEN connection is up (0 on followers and when no view uses notify).",
+			Help: "1 while the leader's LISTEN connection is up (0 on followers).",
 		}),
 		ListenerReconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "refresherd_listener_reconnects_total",

@@ -65,7 +65,7 @@ type Engine struct {
 	opts       Options
 	refresher  *Refresher
 	workers    []*worker
-	bySource   map[config.QualifiedName][]*worker
+	bySource   map[sourceKey][]*worker // views to wake per detector and source table
 	byName     map[string]*worker
 	sem        chan struct{}
 	active     gate // leader with the schema in place: workers may refresh
@@ -93,7 +93,7 @@ func New(cfg *config.Config, pool *pgxpool.Pool, sessionCfg *pgx.ConnConfig, m *
 		log:        log,
 		opts:       opts,
 		refresher:  &Refresher{Pool: pool, Identity: opts.Identity},
-		bySource:   map[config.QualifiedName][]*worker{},
+		bySource:   map[sourceKey][]*worker{},
 		byName:     map[string]*worker{},
 		sem:        make(chan struct{}, cfg.MaxConcurrentRefreshes),
 		active:     newGate(),
@@ -105,10 +105,9 @@ func New(cfg *config.Config, pool *pgxpool.Pool, sessionCfg *pgx.ConnConfig, m *
 		w := newWorker(e, v)
 		e.workers = append(e.workers, w)
 		e.byName[w.name] = w
-		if v.ChangeDetection == config.DetectNotify {
-			for _, s := range v.Sources {
-				e.bySource[s] = append(e.bySource[s], w)
-			}
+		for _, s := range v.Sources {
+			k := sourceKey{v.ChangeDetection, s}
+			e.bySource[k] = append(e.bySource[k], w)
 		}
 		m.InitView(w.name)
 	}
@@ -229,21 +228,11 @@ func (e *Engine) lead(ctx context.Context) {
 				return
 			}
 			e.m.ListenerReconnects.Inc()
-			now := time.Now()
-			for _, w := range e.workers {
-				if w.view.ChangeDetection == config.DetectNotify {
-					w.update(func(p *pending) { p.catchup(lastGood, now, metrics.TriggerCatchup) })
-				}
-			}
+			e.ChangesMissed(config.DetectNotify, lastGood)
 		},
-		OnDisconnect: func(error) {
+		OnDisconnect: func(_ error, lastGood time.Time) {
 			e.setListener(false)
-			now := time.Now()
-			for _, w := range e.workers {
-				if w.view.ChangeDetection == config.DetectNotify {
-					w.update(func(p *pending) { p.blind(now, now) })
-				}
-			}
+			e.ChangesUnseen(config.DetectNotify, lastGood)
 		},
 		OnNotify: e.notify,
 	}).Run(ctx)
@@ -270,7 +259,8 @@ func (e *Engine) startTerm() {
 			since = e.started
 		}
 		switch {
-		case w.view.ChangeDetection == config.DetectNotify:
+		case w.view.ChangeDetection != config.DetectNone:
+			// Changes made while no one watched are unknown.
 			w.p.catchup(since, now, trigger)
 		case w.asOf.IsZero() || olderThanPeriod(w.view.ScheduleSpec, w.asOf, now):
 			w.p.catchup(since, now, trigger)
@@ -325,14 +315,48 @@ func (e *Engine) notify(payload string, received time.Time) {
 		e.RefreshAll()
 		return
 	}
-	ws := e.bySource[config.QualifiedName{Schema: n.Schema, Name: n.Table}]
-	if len(ws) == 0 || n.TS == nil {
+	if n.TS == nil || !e.SourceChanged(config.DetectNotify, config.QualifiedName{Schema: n.Schema, Name: n.Table}, time.Unix(0, int64(*n.TS*1e9)), received) {
 		e.m.NotificationsIgnored.Inc()
-		return
 	}
-	at := time.Unix(0, int64(*n.TS*1e9))
+}
+
+// sourceKey names a source table as watched by one change detector.
+type sourceKey struct {
+	mode string
+	src  config.QualifiedName
+}
+
+// SourceChanged is how change detectors report a change of src: its data
+// time `at` (no later than the change's commit) and when it was seen. It
+// returns false when no view watches src with that detector.
+func (e *Engine) SourceChanged(mode string, src config.QualifiedName, at, seen time.Time) bool {
+	ws := e.bySource[sourceKey{mode, src}]
 	for _, w := range ws {
-		w.update(func(p *pending) { p.change(at, received) })
+		w.update(func(p *pending) { p.change(at, seen) })
+	}
+	return len(ws) > 0
+}
+
+// ChangesMissed is how a detector reports that changes since `since` may
+// have gone unseen (a reconnect, an emptied log, a counter reset): its views
+// catch up now.
+func (e *Engine) ChangesMissed(mode string, since time.Time) {
+	now := time.Now()
+	for _, w := range e.workers {
+		if w.view.ChangeDetection == mode {
+			w.update(func(p *pending) { p.catchup(since, now, metrics.TriggerCatchup) })
+		}
+	}
+}
+
+// ChangesUnseen is how a detector reports that it is blind from `since` (its
+// connection is down): staleness grows, a refresh waits for ChangesMissed.
+func (e *Engine) ChangesUnseen(mode string, since time.Time) {
+	now := time.Now()
+	for _, w := range e.workers {
+		if w.view.ChangeDetection == mode {
+			w.update(func(p *pending) { p.blind(since, now) })
+		}
 	}
 }
 

@@ -26,8 +26,9 @@ type Listener struct {
 	// OnConnect is called after LISTEN succeeded; lastGood is when the
 	// previous connection was last known healthy (zero on the first).
 	OnConnect func(lastGood time.Time)
-	// OnDisconnect is called when the connection is lost.
-	OnDisconnect func(err error)
+	// OnDisconnect is called when the connection is lost; lastGood is when
+	// it was last known healthy.
+	OnDisconnect func(err error, lastGood time.Time)
 	// OnNotify is called for each notification, from the listener goroutine;
 	// it must not block.
 	OnNotify func(payload string, received time.Time)
@@ -65,7 +66,7 @@ func (l *Listener) Run(ctx context.Context) {
 			return
 		}
 		l.Log.Warn("listener connection lost; reconnecting", zap.Error(err))
-		l.OnDisconnect(err)
+		l.OnDisconnect(err, lastGood)
 	}
 }
 
