@@ -211,6 +211,9 @@ func (e *Engine) lead(ctx context.Context) {
 		w.mu.Unlock()
 	}
 	first := true
+	detectorsDone := make(chan struct{})
+	go func() { defer close(detectorsDone); e.runDetectors(ctx) }()
+	defer func() { <-detectorsDone }()
 	(&Listener{
 		ConnConfig: e.sessionCfg,
 		Channel:    dbsql.NotifyChannel,
