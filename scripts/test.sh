@@ -38,6 +38,13 @@ go vet "${pkgs[@]}"
 step "staticcheck ${pkgs[*]}"
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 "${pkgs[@]}"
 
+if [[ $# -eq 0 ]]; then
+	# Manifests, Prometheus rules (promtool) and the strict Kubernetes
+	# decoding live in their own module; only for a whole-tree run.
+	step "deploy validation"
+	bash scripts/validate-deploy.sh
+fi
+
 step "go test -race ${pkgs[*]}"
 go test -race -count=1 -timeout 30m "${pkgs[@]}"
 
