@@ -25,9 +25,26 @@ import (
 
 // Change detection modes.
 const (
+	// DetectNotify: a statement trigger does pg_notify; the daemon LISTENs.
 	DetectNotify = "notify"
-	DetectNone   = "none"
+	// DetectChangelog: a statement trigger appends a row to an UNLOGGED log
+	// table that the daemon drains every poll_interval; no NOTIFY, so
+	// committing writers do not serialise on the notification queue lock.
+	DetectChangelog = "changelog"
+	// DetectStats: no trigger; the daemon polls the table statistics
+	// counters, which cost writers nothing but appear up to ~10 s late.
+	DetectStats = "stats"
+	// DetectNone: schedule and manual refreshes only.
+	DetectNone = "none"
 )
+
+// DefaultPollInterval is how often the changelog and stats detectors poll
+// when poll_interval is not set.
+const DefaultPollInterval = 200 * time.Millisecond
+
+// minPollInterval keeps a typo such as 1us from turning a poller into a
+// busy loop against the database.
+const minPollInterval = 10 * time.Millisecond
 
 // Config is a loaded, validated configuration with defaults applied.
 type Config struct {
@@ -80,9 +97,16 @@ type Settings struct {
 	LockTimeout      time.Duration
 	Concurrently     bool
 	ChangeDetection  string
+	// PollInterval is how often the changelog and stats detectors poll;
+	// unused by notify and none. Each detector polls at the shortest
+	// interval among the views that use it.
+	PollInterval time.Duration
 	// RefreshUnchanged makes scheduled ticks refresh even when no change was
 	// seen since the last refresh.
 	RefreshUnchanged bool
+	// VacuumThreshold: after a concurrent refresh leaves at least this many
+	// dead rows in the view, VACUUM (ANALYZE) it; 0 disables.
+	VacuumThreshold int
 }
 
 // View is one managed materialized view.
@@ -91,6 +115,9 @@ type View struct {
 	Query     string
 	UniqueKey []string
 	Sources   []QualifiedName
+	// DependsOn names managed views this view reads: it refreshes after
+	// them, and their refreshes make it dirty.
+	DependsOn []QualifiedName
 	Settings
 	Line int // where the view is declared, for later error messages
 }
@@ -103,6 +130,8 @@ var defaultSettings = Settings{
 	LockTimeout:      5 * time.Second,
 	Concurrently:     true,
 	ChangeDetection:  DetectNotify,
+	PollInterval:     DefaultPollInterval,
+	VacuumThreshold:  10000,
 }
 
 // Error is a configuration error at a place in a file.
@@ -500,12 +529,24 @@ func (d *decoder) settingHandlers(s *Settings) map[string]func(*yaml.Node, strin
 		"lock_timeout":      func(n *yaml.Node, p string) { s.LockTimeout = d.pgTimeout(n, p) },
 		"concurrently":      func(n *yaml.Node, p string) { s.Concurrently = d.boolean(n, p) },
 		"refresh_unchanged": func(n *yaml.Node, p string) { s.RefreshUnchanged = d.boolean(n, p) },
+		"vacuum_threshold": func(n *yaml.Node, p string) {
+			s.VacuumThreshold = d.integer(n, p)
+			if d.err == nil && s.VacuumThreshold < 0 {
+				d.fail(n, p, "expected a number of dead rows >= 0 (0 disables), got %d", s.VacuumThreshold)
+			}
+		},
 		"change_detection": func(n *yaml.Node, p string) {
 			s.ChangeDetection = d.str(n, p)
 			switch s.ChangeDetection {
-			case DetectNotify, DetectNone:
+			case DetectNotify, DetectChangelog, DetectStats, DetectNone:
 			default:
-				d.fail(n, p, "expected notify or none, got %q", s.ChangeDetection)
+				d.fail(n, p, "expected notify, changelog, stats or none, got %q", s.ChangeDetection)
+			}
+		},
+		"poll_interval": func(n *yaml.Node, p string) {
+			s.PollInterval = d.duration(n, p, false)
+			if d.err == nil && s.PollInterval < minPollInterval {
+				d.fail(n, p, "must be at least %s, got %s", minPollInterval, s.PollInterval)
 			}
 		},
 	}
@@ -586,6 +627,7 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 	}
 	var views []View
 	byName := map[QualifiedName]int{}
+	var depLines []*yaml.Node // per view, where its depends_on is (for messages)
 	for i, vn := range n.Content {
 		path := fmt.Sprintf("views[%d]", i)
 		if vn.Kind != yaml.MappingNode {
@@ -616,13 +658,14 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 		byName[name] = i
 		path = fmt.Sprintf("views[%d] (%s)", i, name)
 
-		var queryNode, fileNode, keyNode, srcNode *yaml.Node
+		var queryNode, fileNode, keyNode, srcNode, depNode *yaml.Node
 		handlers := d.settingHandlers(&v.Settings)
 		handlers["name"] = func(*yaml.Node, string) {}
 		handlers["query"] = func(n *yaml.Node, _ string) { queryNode = n }
 		handlers["query_file"] = func(n *yaml.Node, _ string) { fileNode = n }
 		handlers["unique_key"] = func(n *yaml.Node, _ string) { keyNode = n }
 		handlers["sources"] = func(n *yaml.Node, _ string) { srcNode = n }
+		handlers["depends_on"] = func(n *yaml.Node, _ string) { depNode = n }
 		d.mapping(vn, path, handlers)
 		if d.err != nil {
 			return nil
@@ -693,7 +736,29 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 				v.Sources = append(v.Sources, q)
 			}
 		}
-		if len(v.Sources) == 0 && v.ChangeDetection != DetectNone {
+		if depNode != nil {
+			deps, depNodes := d.strList(depNode, path+".depends_on")
+			if d.err != nil {
+				return nil
+			}
+			for j, s := range deps {
+				dp := fmt.Sprintf("%s.depends_on[%d]", path, j)
+				q, err := ParseQualifiedName(s)
+				if err != nil {
+					d.fail(depNodes[j], dp, "%v", err)
+					return nil
+				}
+				if q == v.Name || slices.Contains(v.DependsOn, q) {
+					d.fail(depNodes[j], dp, "%s listed twice or depends on itself", q)
+					return nil
+				}
+				v.DependsOn = append(v.DependsOn, q)
+			}
+			depLines = append(depLines, depNode)
+		} else {
+			depLines = append(depLines, vn)
+		}
+		if len(v.Sources) == 0 && len(v.DependsOn) == 0 && v.ChangeDetection != DetectNone {
 			d.fail(vn, path+".sources", "missing: change_detection %q needs the source tables to watch (or set change_detection: none)", v.ChangeDetection)
 		}
 		d.checkSettings(vn, path, &v.Settings)
@@ -702,7 +767,66 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 		}
 		views = append(views, v)
 	}
+	d.checkDependencies(views, depLines)
+	if d.err != nil {
+		return nil
+	}
 	return views
+}
+
+// checkDependencies checks that depends_on names managed views and has no
+// cycle; a cycle is reported with its path.
+func (d *decoder) checkDependencies(views []View, lines []*yaml.Node) {
+	index := map[QualifiedName]int{}
+	for i, v := range views {
+		index[v.Name] = i
+	}
+	for i, v := range views {
+		for _, dep := range v.DependsOn {
+			if _, ok := index[dep]; !ok {
+				d.fail(lines[i], fmt.Sprintf("views[%d] (%s).depends_on", i, v.Name), "%s is not a view in this configuration", dep)
+				return
+			}
+		}
+	}
+	const (
+		unvisited = iota
+		visiting
+		done
+	)
+	state := make([]int, len(views))
+	var stack []QualifiedName
+	var visit func(i int) bool
+	visit = func(i int) bool {
+		state[i] = visiting
+		stack = append(stack, views[i].Name)
+		for _, dep := range views[i].DependsOn {
+			j := index[dep]
+			switch state[j] {
+			case visiting:
+				start := slices.Index(stack, dep)
+				cycle := make([]string, 0, len(stack)-start+1)
+				for _, n := range stack[start:] {
+					cycle = append(cycle, n.String())
+				}
+				cycle = append(cycle, dep.String())
+				d.fail(lines[j], fmt.Sprintf("views[%d] (%s).depends_on", j, dep), "dependency cycle: %s", strings.Join(cycle, " -> "))
+				return false
+			case unvisited:
+				if !visit(j) {
+					return false
+				}
+			}
+		}
+		stack = stack[:len(stack)-1]
+		state[i] = done
+		return true
+	}
+	for i := range views {
+		if state[i] == unvisited && !visit(i) {
+			return
+		}
+	}
 }
 
 // lookup returns the value of the first plain key named key in mapping n.

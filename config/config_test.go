@@ -29,7 +29,7 @@ func env(kv ...string) func(string) string {
 // produce. Every file must be listed, and every entry must have a file.
 var badConfigs = map[string]string{
 	"bad-alias-key.yaml":               `testdata/bad-alias-key.yaml:4: (top level): expected a plain key, got an alias`,
-	"bad-change-detection.yaml":        `testdata/bad-change-detection.yaml:7: views[0] (public.s).change_detection: expected notify or none, got "polling"`,
+	"bad-change-detection.yaml":        `testdata/bad-change-detection.yaml:7: views[0] (public.s).change_detection: expected notify, changelog, stats or none, got "polling"`,
 	"bad-cron-never.yaml":              `testdata/bad-cron-never.yaml:7: views[0] (public.s).schedule: cron expression "0 0 31 2 *" never fires (no date matches it)`,
 	"bad-cron-tz-no-space.yaml":        `testdata/bad-cron-tz-no-space.yaml:7: views[0] (public.s).schedule: invalid cron expression "CRON_TZ=UTC" (expected 5 fields such as "*/5 * * * *" or @every 30s): a time zone must be followed by a space and a schedule`,
 	"bad-duplicate-key.yaml":           `testdata/bad-duplicate-key.yaml:9: views[0] (public.s).debounce: duplicate key`,
@@ -53,6 +53,10 @@ var badConfigs = map[string]string{
 	"bad-name-unterminated-quote.yaml": `testdata/bad-name-unterminated-quote.yaml:4: views[0].name: unterminated quoted identifier in "public.\"Summary"`,
 	"bad-negative-duration.yaml":       `testdata/bad-negative-duration.yaml:4: shutdown.grace_period: expected a positive duration, got "-5s"`,
 	"bad-no-database-url.yaml":         `testdata/bad-no-database-url.yaml:2: database.url: no database URL: set database.url, the DATABASE_URL environment variable or --database-url`,
+	"bad-poll-interval-short.yaml":     `testdata/bad-poll-interval-short.yaml:8: views[0] (public.s).poll_interval: must be at least 10ms, got 1ms`,
+	"bad-depends-cycle.yaml":           `testdata/bad-depends-cycle.yaml:7: views[0] (public.a).depends_on: dependency cycle: public.a -> public.c -> public.b -> public.a`,
+	"bad-depends-unknown.yaml":         `testdata/bad-depends-unknown.yaml:7: views[0] (public.a).depends_on: public.nope is not a view in this configuration`,
+	"bad-poll-interval-zero.yaml":      `testdata/bad-poll-interval-zero.yaml:4: refresh.poll_interval: expected a positive duration, got "0s"`,
 	"bad-query-and-file.yaml":          `testdata/bad-query-and-file.yaml:8: views[0] (public.s).query_file: set either query or query_file, not both`,
 	"bad-query-empty.yaml":             `testdata/bad-query-empty.yaml:7: views[0] (public.s).query: is empty`,
 	"bad-query-file-dir.yaml":          `testdata/bad-query-file-dir.yaml:7: views[0] (public.s).query_file: cannot read testdata: not a regular file`,
@@ -62,7 +66,7 @@ var badConfigs = map[string]string{
 	"bad-unique-key-dot.yaml":          `testdata/bad-unique-key-dot.yaml:5: views[0] (public.s).unique_key[0]: expected a single identifier, got "t.id"`,
 	"bad-unique-key-duplicate.yaml":    `testdata/bad-unique-key-duplicate.yaml:5: views[0] (public.s).unique_key[2]: duplicate column "user_id"`,
 	"bad-unknown-top-key.yaml":         `testdata/bad-unknown-top-key.yaml:3: databse: unknown key (expected one of: database, http, leader, log, max_concurrent_refreshes, refresh, shutdown, views)`,
-	"bad-unknown-view-key.yaml":        `testdata/bad-unknown-view-key.yaml:7: views[0] (public.s).shedule: unknown key (expected one of: change_detection, concurrently, debounce, lock_timeout, max_delay, name, query, query_file, refresh_unchanged, schedule, sources, statement_timeout, unique_key)`,
+	"bad-unknown-view-key.yaml":        `testdata/bad-unknown-view-key.yaml:7: views[0] (public.s).shedule: unknown key (expected one of: change_detection, concurrently, debounce, depends_on, lock_timeout, max_delay, name, poll_interval, query, query_file, refresh_unchanged, schedule, sources, statement_timeout, unique_key, vacuum_threshold)`,
 	"bad-view-not-mapping.yaml":        `testdata/bad-view-not-mapping.yaml:4: views[0]: expected a mapping, got "public.s"`,
 	"bad-views-empty.yaml":             `testdata/bad-views-empty.yaml:3: views: expected a non-empty list of views, got an empty list`,
 	"bad-views-missing.yaml":           `testdata/bad-views-missing.yaml:1: views: no views configured: add at least one under views:`,
@@ -189,6 +193,8 @@ func TestLoadShippedConfig(t *testing.T) {
 		LockTimeout:      5 * time.Second,
 		Concurrently:     true,
 		ChangeDetection:  config.DetectNotify,
+		PollInterval:     config.DefaultPollInterval,
+		VacuumThreshold:  10000,
 	}
 	if !reflect.DeepEqual(v.Settings, wantSettings) {
 		t.Errorf("Settings\n got: %+v\nwant: %+v", v.Settings, wantSettings)
@@ -265,6 +271,8 @@ func TestFullConfig(t *testing.T) {
 		LockTimeout:      3 * time.Second,
 		Concurrently:     true,
 		ChangeDetection:  config.DetectNotify,
+		PollInterval:     time.Second,
+		VacuumThreshold:  10000,
 	}
 	if !reflect.DeepEqual(inherit.Settings, want) {
 		t.Errorf("inheriting view\n got: %+v\nwant: %+v", inherit.Settings, want)
@@ -305,7 +313,9 @@ func TestFullConfig(t *testing.T) {
 		LockTimeout:      250 * time.Millisecond,
 		Concurrently:     false,
 		ChangeDetection:  config.DetectNone,
+		PollInterval:     50 * time.Millisecond,
 		RefreshUnchanged: true,
+		VacuumThreshold:  10000,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("overriding view\n got: %+v\nwant: %+v", got, want)
@@ -369,6 +379,26 @@ func TestViewOverridesDefault(t *testing.T) {
 		{"concurrently", `concurrently: false`, func(t *testing.T, s config.Settings) {
 			if s.Concurrently {
 				t.Error("Concurrently still true")
+			}
+		}},
+		{"default change detection and poll interval", "", func(t *testing.T, s config.Settings) {
+			if s.ChangeDetection != config.DetectNotify || s.PollInterval != 200*time.Millisecond {
+				t.Errorf("ChangeDetection %q, PollInterval %v; want notify, 200ms", s.ChangeDetection, s.PollInterval)
+			}
+		}},
+		{"changelog", `change_detection: changelog`, func(t *testing.T, s config.Settings) {
+			if s.ChangeDetection != config.DetectChangelog {
+				t.Errorf("ChangeDetection = %q", s.ChangeDetection)
+			}
+		}},
+		{"stats with its own poll interval", "change_detection: stats\n    poll_interval: 1s", func(t *testing.T, s config.Settings) {
+			if s.ChangeDetection != config.DetectStats || s.PollInterval != time.Second {
+				t.Errorf("ChangeDetection %q, PollInterval %v; want stats, 1s", s.ChangeDetection, s.PollInterval)
+			}
+		}},
+		{"smallest poll interval", `poll_interval: 10ms`, func(t *testing.T, s config.Settings) {
+			if s.PollInterval != 10*time.Millisecond {
+				t.Errorf("PollInterval = %v", s.PollInterval)
 			}
 		}},
 	}

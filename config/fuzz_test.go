@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/refresherd/refresherd/config"
 )
@@ -104,6 +105,14 @@ func FuzzParse(f *testing.F) {
 			}
 			if v.MaxDelay < v.Debounce || v.MaxDelay <= 0 || v.Debounce < 0 || v.StatementTimeout <= 0 || v.LockTimeout <= 0 {
 				t.Errorf("views[%d]: accepted invalid durations: %+v", i, v.Settings)
+			}
+			if v.PollInterval < 10*time.Millisecond {
+				t.Errorf("views[%d]: accepted poll interval %v", i, v.PollInterval)
+			}
+			switch v.ChangeDetection {
+			case config.DetectNotify, config.DetectChangelog, config.DetectStats, config.DetectNone:
+			default:
+				t.Errorf("views[%d]: accepted change detection %q", i, v.ChangeDetection)
 			}
 			if (v.Schedule == "") != (v.ScheduleSpec == nil) {
 				t.Errorf("views[%d]: schedule %q but spec %v", i, v.Schedule, v.ScheduleSpec)

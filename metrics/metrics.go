@@ -46,6 +46,7 @@ type Metrics struct {
 	ListenerConnected    prometheus.Gauge
 	ListenerReconnects   prometheus.Counter
 	NotificationsIgnored prometheus.Counter
+	Vacuums              *prometheus.CounterVec
 	ConfigReloadOK       prometheus.Gauge
 	ConfigReloadTime     prometheus.Gauge
 }
@@ -93,6 +94,10 @@ func New(version string) *Metrics {
 			Name: "refresherd_notifications_ignored_total",
 			Help: "Notifications on the change channel that could not be parsed or name no watched table.",
 		}),
+		Vacuums: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "refresherd_vacuums_total",
+			Help: "VACUUM (ANALYZE) runs after concurrent refreshes left vacuum_threshold dead rows or more.",
+		}, []string{"view"}),
 		ConfigReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "refresherd_config_last_reload_successful",
 			Help: "1 if the last configuration (re)load succeeded.",
@@ -109,7 +114,7 @@ func New(version string) *Metrics {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(
 		m.Refreshes, m.Duration, m.LastSuccess, m.DataAsOf, m.ViewReady,
-		m.Leader, m.ListenerConnected, m.ListenerReconnects, m.NotificationsIgnored,
+		m.Vacuums, m.Leader, m.ListenerConnected, m.ListenerReconnects, m.NotificationsIgnored,
 		m.ConfigReloadOK, m.ConfigReloadTime, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -130,6 +135,7 @@ func (m *Metrics) InitView(view string) {
 	m.LastSuccess.WithLabelValues(view)
 	m.DataAsOf.WithLabelValues(view)
 	m.ViewReady.WithLabelValues(view)
+	m.Vacuums.WithLabelValues(view)
 }
 
 // RemoveView deletes a view's series (when it stops being managed).
@@ -143,6 +149,7 @@ func (m *Metrics) RemoveView(view string) {
 	m.LastSuccess.DeleteLabelValues(view)
 	m.DataAsOf.DeleteLabelValues(view)
 	m.ViewReady.DeleteLabelValues(view)
+	m.Vacuums.DeleteLabelValues(view)
 }
 
 // ViewState is the live, in-memory state of one view, read at scrape time so

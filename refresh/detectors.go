@@ -1,10 +1,220 @@
 package refresh
 
-import "context"
+import (
+	"cmp"
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/refresherd/refresherd/config"
+)
+
+// idleRecheck is how often a poller whose mode no view uses looks again (a
+// reload may start using it).
+const idleRecheck = time.Second
 
 // runDetectors runs the polling change detectors (changelog, stats) of the
 // views that use them, for one leadership term. Notify needs no poller: the
-// listener feeds it.
+// listener feeds it. Each poller reads the current views before every poll,
+// so it follows a reload, and idles while no view uses its mode.
 func (e *Engine) runDetectors(ctx context.Context) {
-	<-ctx.Done()
+	logFor := func(mode string) *zap.Logger {
+		return e.log.Named("detector").With(zap.String("change_detection", mode))
+	}
+	var wg sync.WaitGroup
+	for _, d := range []detector{
+		newChangelogDetector(e.pool, logFor(config.DetectChangelog)),
+		newStatsDetector(e.pool),
+	} {
+		p := &poller{
+			d:       d,
+			sink:    e,
+			plan:    func() watchPlan { return e.watchPlan(d.mode()) },
+			active:  func() bool { on, _ := e.active.get(); return on },
+			log:     logFor(d.mode()),
+			backoff: e.opts.ConnectBackoff,
+		}
+		wg.Go(func() { p.run(ctx) })
+	}
+	wg.Wait()
+}
+
+// watchPlan is what one polling detector watches now.
+type watchPlan struct {
+	sources []config.QualifiedName // sorted, distinct
+	every   time.Duration          // the shortest poll_interval among the views
+}
+
+// watchPlan collects the sources and poll interval of the views using mode.
+func (e *Engine) watchPlan(mode string) watchPlan {
+	var wp watchPlan
+	for _, w := range e.snapshot() {
+		if w.view.ChangeDetection != mode {
+			continue
+		}
+		wp.sources = append(wp.sources, w.view.Sources...)
+		if iv := w.view.PollInterval; iv > 0 && (wp.every == 0 || iv < wp.every) {
+			wp.every = iv
+		}
+	}
+	if wp.every == 0 {
+		wp.every = config.DefaultPollInterval
+	}
+	slices.SortFunc(wp.sources, compareNames)
+	wp.sources = slices.Compact(wp.sources)
+	return wp
+}
+
+func compareNames(a, b config.QualifiedName) int {
+	return cmp.Or(cmp.Compare(a.Schema, b.Schema), cmp.Compare(a.Name, b.Name))
+}
+
+// changeSink receives what the detectors see: the engine, or a recorder in
+// tests.
+type changeSink interface {
+	SourceChanged(mode string, src config.QualifiedName, at, seen time.Time) bool
+	ChangesMissed(mode string, since time.Time)
+	ChangesUnseen(mode string, since time.Time)
+}
+
+// pollRound describes one poll to a detector.
+type pollRound struct {
+	start time.Time // daemon clock just before the poll's statement
+	// prev is the start of the previous successful poll of this watch; zero
+	// for the first one, which establishes what the detector compares with.
+	prev    time.Time
+	sources []config.QualifiedName
+}
+
+// pollResult is what one poll found beyond the changes it reported.
+type pollResult struct {
+	// lost: changes before this poll may have gone unrecorded (the
+	// detector's sentinel vanished with a crash, or this first poll took a
+	// baseline that hides what came before).
+	lost bool
+}
+
+// detector is one polling change detection mode.
+type detector interface {
+	mode() string
+	// poll looks once, reports changes to sink and returns what else it
+	// found. Changes it reported before an error stay reported.
+	poll(ctx context.Context, r pollRound, sink changeSink) (pollResult, error)
+	// blindSince dates the start of a blind spot that began after the
+	// successful poll that started at lastGood: no later than the commit of
+	// any change the detector may not have seen.
+	blindSince(lastGood time.Time) time.Time
+	// reset forgets what the detector knew (its mode went unused).
+	reset()
+	// timeout bounds one poll: a poll stuck behind a lock or on a dead
+	// connection counts as failed, so the views say "blind" instead of
+	// silently waiting.
+	timeout() time.Duration
+}
+
+// poller runs one detector on the leader: polls at the plan's interval,
+// turns errors into a blind spot and a catch-up, and keeps the first poll's
+// baseline honest.
+type poller struct {
+	d       detector
+	sink    changeSink
+	plan    func() watchPlan
+	active  func() bool // refreshes of this term may have started
+	log     *zap.Logger
+	backoff Backoff
+}
+
+func (p *poller) run(ctx context.Context) {
+	mode := p.d.mode()
+	// watchSince is when this watch began (term start, or when a reload
+	// started using the mode); lastGood the start of the last successful
+	// poll, zero before the first; blindFrom, when set, the start of the
+	// blind spot declared to the sink (ChangesUnseen) and not yet ended.
+	watchSince := time.Now()
+	var lastGood, blindFrom time.Time
+	failures := 0
+	for ctx.Err() == nil {
+		wp := p.plan()
+		if len(wp.sources) == 0 {
+			// No view left to catch up; a returning view starts over.
+			p.d.reset()
+			lastGood, blindFrom, failures = time.Time{}, time.Time{}, 0
+			if !sleep(ctx, idleRecheck) {
+				return
+			}
+			watchSince = time.Now()
+			continue
+		}
+		start := time.Now()
+		pctx, cancel := context.WithTimeout(ctx, p.d.timeout())
+		res, err := p.d.poll(pctx, pollRound{start: start, prev: lastGood, sources: wp.sources}, p.sink)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			if failures == 1 {
+				p.log.Warn("change detection poll failed; views using it are blind until it recovers", zap.Error(err))
+			}
+			// Before the first good poll of a term, while no refresh may run
+			// yet, the term's start-up catch-up covers the gap: nothing to
+			// declare. Otherwise staleness grows from the last poll that saw
+			// everything, and a catch-up follows the recovery.
+			if blindFrom.IsZero() && (!lastGood.IsZero() || p.active()) {
+				blindFrom = watchSince
+				if !lastGood.IsZero() {
+					blindFrom = p.d.blindSince(lastGood)
+				}
+				p.sink.ChangesUnseen(mode, blindFrom)
+			}
+			if !sleep(ctx, max(wp.every, p.backoff.Delay(failures))) {
+				return
+			}
+			continue
+		}
+		// Whether a refresh may already have taken its snapshot: asked after
+		// the poll, so "no" means every refresh of the term comes later.
+		active := p.active()
+		switch {
+		case !blindFrom.IsZero():
+			p.sink.ChangesMissed(mode, blindFrom)
+			blindFrom = time.Time{}
+		case lastGood.IsZero():
+			// First poll of this watch. At the start of a term, before any
+			// refresh may run, the term's start-up catch-up covers whatever
+			// the baseline hides; otherwise catch up now.
+			if res.lost && active {
+				p.sink.ChangesMissed(mode, watchSince)
+			}
+		case res.lost:
+			p.sink.ChangesMissed(mode, p.d.blindSince(lastGood))
+		}
+		if failures > 0 {
+			p.log.Info("change detection poll recovered", zap.Int("failed_polls", failures))
+		}
+		lastGood, failures = start, 0
+		if !sleep(ctx, time.Until(start.Add(wp.every))) {
+			return
+		}
+	}
+}
+
+// ensureTriggers makes every source table's triggers match the current views
+// (EnsureTriggers); lead calls it once the schema exists. A failure is
+// logged, not retried: each view's set-up still adds the trigger it needs
+// and reports its own table's problem; a trigger left over is dropped at the
+// next term.
+func (e *Engine) ensureTriggers(ctx context.Context, log *zap.Logger) {
+	ws := e.snapshot()
+	views := make([]config.View, len(ws))
+	for i, w := range ws {
+		views[i] = *w.view
+	}
+	if err := EnsureTriggers(ctx, e.pool, views); err != nil && ctx.Err() == nil {
+		log.Warn("could not make the change triggers of every source table match the views", zap.Error(err))
+	}
 }

@@ -57,21 +57,28 @@ func (o *Options) defaults() {
 
 // Engine runs the workers of all views of one configuration.
 type Engine struct {
-	cfg        *config.Config
 	pool       *pgxpool.Pool
 	sessionCfg *pgx.ConnConfig
 	m          *metrics.Metrics
 	log        *zap.Logger
 	opts       Options
 	refresher  *Refresher
+	active     gate // leader with the schema in place: workers may refresh
+	started    time.Time
+	workerWG   sync.WaitGroup
+	termWG     sync.WaitGroup // leadership terms
+
+	mu sync.Mutex
+	// The view registry changes on reload; guarded by mu. Lock order: e.mu
+	// before w.mu.
+	cfg        *config.Config
 	workers    []*worker
 	bySource   map[sourceKey][]*worker // views to wake per detector and source table
 	byName     map[string]*worker
 	sem        chan struct{}
-	active     gate // leader with the schema in place: workers may refresh
-	started    time.Time
+	runCtx     context.Context // set by Run: workers' lifetime
+	refreshCtx context.Context // set by Run: outlives runCtx by the grace period
 
-	mu                sync.Mutex
 	leader            bool
 	leaderTerm        chan struct{} // closed when the current term ends
 	listenerConnected bool
@@ -93,7 +100,6 @@ func New(cfg *config.Config, pool *pgxpool.Pool, sessionCfg *pgx.ConnConfig, m *
 		log:        log,
 		opts:       opts,
 		refresher:  &Refresher{Pool: pool, Identity: opts.Identity},
-		bySource:   map[sourceKey][]*worker{},
 		byName:     map[string]*worker{},
 		sem:        make(chan struct{}, cfg.MaxConcurrentRefreshes),
 		active:     newGate(),
@@ -101,15 +107,7 @@ func New(cfg *config.Config, pool *pgxpool.Pool, sessionCfg *pgx.ConnConfig, m *
 		dbErr:      errors.New("not checked yet"),
 	}
 	for i := range cfg.Views {
-		v := &cfg.Views[i]
-		w := newWorker(e, v)
-		e.workers = append(e.workers, w)
-		e.byName[w.name] = w
-		for _, s := range v.Sources {
-			k := sourceKey{v.ChangeDetection, s}
-			e.bySource[k] = append(e.bySource[k], w)
-		}
-		m.InitView(w.name)
+		e.addWorker(newWorker(e, &cfg.Views[i]))
 	}
 	m.RegisterState(e)
 	return e
@@ -124,27 +122,34 @@ func (e *Engine) Run(ctx context.Context) error {
 	stopGrace := context.AfterFunc(ctx, func() {
 		e.mu.Lock()
 		e.stopping = true
+		grace := e.cfg.Shutdown.GracePeriod
 		e.mu.Unlock()
-		e.log.Info("stopping: no new refreshes; a running refresh may finish", zap.Duration("grace_period", e.cfg.Shutdown.GracePeriod))
-		t := time.AfterFunc(e.cfg.Shutdown.GracePeriod, cancelRefresh)
+		e.log.Info("stopping: no new refreshes; a running refresh may finish", zap.Duration("grace_period", grace))
+		t := time.AfterFunc(grace, cancelRefresh)
 		context.AfterFunc(refreshCtx, func() { t.Stop() })
 	})
 	defer stopGrace()
 
 	var wg sync.WaitGroup
 	wg.Go(func() { e.checkHealth(ctx) })
+	e.mu.Lock()
+	e.runCtx, e.refreshCtx = ctx, refreshCtx
 	for _, w := range e.workers {
-		wg.Go(func() { w.run(ctx, refreshCtx) })
+		e.startWorker(w)
 	}
+	e.mu.Unlock()
 	// Workers must be done before leadership is released, so a successor
 	// never starts while we may still refresh (the per-view lock would hold
 	// it off anyway, but a clean hand-over does not lean on that).
 	electCtx, stopElect := context.WithCancel(context.WithoutCancel(ctx))
+	e.mu.Lock()
+	cfg := e.cfg
+	e.mu.Unlock()
 	var ew sync.WaitGroup
 	ew.Go(func() {
 		(&Elector{
 			ConnConfig: e.sessionCfg,
-			Name:       e.cfg.Leader.Name,
+			Name:       cfg.Leader.Name,
 			RetryEvery: e.opts.LeaderRetryEvery,
 			CheckEvery: e.opts.LeaderCheckEvery,
 			Backoff:    e.opts.ConnectBackoff,
@@ -154,10 +159,51 @@ func (e *Engine) Run(ctx context.Context) error {
 	})
 	<-ctx.Done()
 	wg.Wait()
+	e.workerWG.Wait()
 	stopElect()
 	ew.Wait()
+	e.termWG.Wait()
 	e.active.set(false)
 	return nil
+}
+
+// addWorker registers a worker (not yet running). Caller holds e.mu or is
+// the constructor.
+func (e *Engine) addWorker(w *worker) {
+	e.workers = append(e.workers, w)
+	e.byName[w.name] = w
+	e.indexSources()
+	e.m.InitView(w.name)
+}
+
+// indexSources rebuilds the source-table index. Caller holds e.mu.
+func (e *Engine) indexSources() {
+	e.bySource = map[sourceKey][]*worker{}
+	for _, w := range e.workers {
+		for _, s := range w.view.Sources {
+			k := sourceKey{w.view.ChangeDetection, s}
+			e.bySource[k] = append(e.bySource[k], w)
+		}
+	}
+}
+
+// startWorker runs w until the engine stops or w is removed. Caller holds
+// e.mu.
+func (e *Engine) startWorker(w *worker) {
+	ctx, cancel := context.WithCancel(e.runCtx)
+	w.cancel = cancel
+	refreshCtx := e.refreshCtx
+	e.workerWG.Go(func() {
+		defer close(w.done)
+		w.run(ctx, refreshCtx)
+	})
+}
+
+// snapshot returns the current workers.
+func (e *Engine) snapshot() []*worker {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]*worker(nil), e.workers...)
 }
 
 // setLeader starts or ends a leadership term.
@@ -173,8 +219,11 @@ func (e *Engine) setLeader(leader bool) {
 		term := make(chan struct{})
 		e.leaderTerm = term
 		ctx, cancel := context.WithCancel(context.Background())
-		go func() { <-term; cancel() }()
-		go e.lead(ctx)
+		e.termWG.Go(func() {
+			defer cancel()
+			go func() { <-term; cancel() }()
+			e.lead(ctx)
+		})
 		return
 	}
 	e.m.Leader.Set(0)
@@ -189,6 +238,7 @@ func (e *Engine) lead(ctx context.Context) {
 	for attempt := 1; ; attempt++ {
 		err := EnsureSchema(ctx, e.pool)
 		if err == nil {
+			e.ensureTriggers(ctx, log)
 			err = e.loadStatus(ctx)
 		}
 		if err == nil {
@@ -205,7 +255,7 @@ func (e *Engine) lead(ctx context.Context) {
 			return
 		}
 	}
-	for _, w := range e.workers {
+	for _, w := range e.snapshot() {
 		w.mu.Lock()
 		w.ready, w.setupAt, w.setupTries = false, time.Time{}, 0
 		w.mu.Unlock()
@@ -255,7 +305,7 @@ func (e *Engine) startTerm() {
 		trigger = metrics.TriggerCatchup
 	}
 	e.mu.Unlock()
-	for _, w := range e.workers {
+	for _, w := range e.snapshot() {
 		w.mu.Lock()
 		since := w.asOf
 		if since.IsZero() {
@@ -333,7 +383,9 @@ type sourceKey struct {
 // time `at` (no later than the change's commit) and when it was seen. It
 // returns false when no view watches src with that detector.
 func (e *Engine) SourceChanged(mode string, src config.QualifiedName, at, seen time.Time) bool {
+	e.mu.Lock()
 	ws := e.bySource[sourceKey{mode, src}]
+	e.mu.Unlock()
 	for _, w := range ws {
 		w.update(func(p *pending) { p.change(at, seen) })
 	}
@@ -345,7 +397,7 @@ func (e *Engine) SourceChanged(mode string, src config.QualifiedName, at, seen t
 // catch up now.
 func (e *Engine) ChangesMissed(mode string, since time.Time) {
 	now := time.Now()
-	for _, w := range e.workers {
+	for _, w := range e.snapshot() {
 		if w.view.ChangeDetection == mode {
 			w.update(func(p *pending) { p.catchup(since, now, metrics.TriggerCatchup) })
 		}
@@ -356,7 +408,7 @@ func (e *Engine) ChangesMissed(mode string, since time.Time) {
 // connection is down): staleness grows, a refresh waits for ChangesMissed.
 func (e *Engine) ChangesUnseen(mode string, since time.Time) {
 	now := time.Now()
-	for _, w := range e.workers {
+	for _, w := range e.snapshot() {
 		if w.view.ChangeDetection == mode {
 			w.update(func(p *pending) { p.blind(since, now) })
 		}
@@ -379,7 +431,7 @@ func (e *Engine) RefreshAll() {
 		e.log.Info("not the leader: passed the manual refresh request to the leader")
 		return
 	}
-	for _, w := range e.workers {
+	for _, w := range e.snapshot() {
 		w.update(func(p *pending) { p.manual = true })
 	}
 }
@@ -399,7 +451,9 @@ func (e *Engine) loadStatus(ctx context.Context) error {
 		if err := rows.Scan(&name, &asOf, &success, &result, &lastErr); err != nil {
 			return fmt.Errorf("read view status: %w", err)
 		}
+		e.mu.Lock()
 		w := e.byName[name]
+		e.mu.Unlock()
 		if w == nil {
 			continue
 		}

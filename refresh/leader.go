@@ -39,6 +39,14 @@ func (e *Elector) Run(ctx context.Context) {
 			}
 			attempt++
 			d := e.Backoff.Delay(attempt)
+			// A follower asks for the lock every RetryEvery anyway; waiting
+			// longer between connection attempts only delays the catch-up
+			// after a database outage (with a 10 s backoff cap it came up to
+			// 10 s after the server was back). A failed connect costs the
+			// server next to nothing, so cap the wait at RetryEvery.
+			if e.RetryEvery > 0 && d > e.RetryEvery {
+				d = jitter(e.RetryEvery, 0.3)
+			}
 			if attempt == 1 {
 				e.Log.Warn("leader election cannot connect; retrying", zap.Error(err), zap.Duration("retry_in", d))
 			}

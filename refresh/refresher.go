@@ -102,6 +102,25 @@ func (r *Refresher) refreshTx(ctx context.Context, v *config.View, trigger strin
 		pgDuration(v.StatementTimeout), pgDuration(v.LockTimeout)); err != nil {
 		return out, fmt.Errorf("set timeouts: %w", err)
 	}
+	// If the daemon dies mid-refresh (SIGKILL, OOM, a lost node), the server
+	// only notices the closed socket when it next talks to the client: the
+	// REFRESH would run on for up to statement_timeout, holding the view's
+	// locks, and the next leader's refresh would wait for it. This makes the
+	// server check the client every second during the statement. The
+	// setting exists from PostgreSQL 14 and not on every platform: where it
+	// cannot be set, go on without it.
+	// Also flush this backend's statistics at commit (PostgreSQL 15+), so
+	// the view's dead-row count is current when MaybeVacuum reads it.
+	if _, err := tx.Exec(ctx, `DO $$ BEGIN
+    PERFORM set_config('client_connection_check_interval', '1s', true);
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
+DO $$ BEGIN
+    PERFORM pg_stat_force_next_flush();
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$`); err != nil {
+		return out, fmt.Errorf("set client check: %w", err)
+	}
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("view", v.Name.String())); err != nil {
 		return out, fmt.Errorf("take view lock: %w", err)
 	}
@@ -179,4 +198,22 @@ func resultOf(err error) string {
 		return metrics.ResultError
 	}
 	return metrics.ResultSuccess
+}
+
+// MaybeVacuum runs VACUUM (ANALYZE) on the view when its dead rows reach
+// the view's vacuum_threshold. The count comes from the statistics system,
+// which may lag the refresh by a moment: the next refresh catches up.
+func (r *Refresher) MaybeVacuum(ctx context.Context, v *config.View) (dead int64, vacuumed bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, v.StatementTimeout)
+	defer cancel()
+	if err := r.Pool.QueryRow(ctx, `SELECT coalesce(pg_stat_get_dead_tuples(to_regclass($1)), 0)`, v.Name.Sanitized()).Scan(&dead); err != nil {
+		return 0, false, fmt.Errorf("count dead rows of %s: %w", v.Name, err)
+	}
+	if dead < int64(v.VacuumThreshold) {
+		return dead, false, nil
+	}
+	if _, err := r.Pool.Exec(ctx, "VACUUM (ANALYZE) "+v.Name.Sanitized()); err != nil {
+		return dead, false, fmt.Errorf("vacuum %s: %w", v.Name, err)
+	}
+	return dead, true, nil
 }

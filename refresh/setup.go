@@ -35,8 +35,10 @@ func EnsureSchema(ctx context.Context, pool *pgxpool.Pool) error {
 // EnsureView makes the database match one view's declaration, idempotently:
 // the materialized view (created WITH NO DATA when missing; the first refresh
 // populates it), a unique index usable by REFRESH ... CONCURRENTLY when there
-// is none, and the change trigger on each source table when the view uses
-// notify. It never touches a source table's data.
+// is none, and the trigger its change detection needs on each source table.
+// It only adds triggers: which ones a table no longer needs depends on every
+// view watching it, so EnsureTriggers, which sees them all, removes them.
+// It never touches a source table's data.
 // created reports that the view was created now (and is not yet populated).
 func EnsureView(ctx context.Context, pool *pgxpool.Pool, v *config.View) (created bool, err error) {
 	err = withSetupLock(ctx, pool, func(tx pgx.Tx) error {
@@ -64,9 +66,15 @@ func EnsureView(ctx context.Context, pool *pgxpool.Pool, v *config.View) (create
 				return fmt.Errorf("record definition of %s: %w", v.Name, err)
 			}
 		}
+		trig, hasTrigger := triggerFor(v.ChangeDetection)
 		for _, src := range v.Sources {
-			if err := ensureTrigger(ctx, tx, src, v.ChangeDetection == config.DetectNotify); err != nil {
+			if err := checkSource(ctx, tx, src, v.ChangeDetection != config.DetectNone); err != nil {
 				return err
+			}
+			if hasTrigger {
+				if err := syncTrigger(ctx, tx, src, trig, true); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -116,10 +124,43 @@ func indexName(view string) string {
 
 func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
 
-// ensureTrigger installs (want) or removes (!want) the daemon's statement
-// trigger on a source table. It looks before it locks: creating a trigger
-// takes a lock that blocks writers, so an existing trigger is left alone.
-func ensureTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, want bool) error {
+// Names of the changelog detector's trigger and function (the notify ones
+// are in package sql). Each mode has its own trigger name, so a table
+// watched by views of both modes carries both triggers.
+const (
+	ChangelogTrigger  = "refresherd_changelog"
+	changelogFunction = "changelog_append"
+)
+
+// detectorTrigger is the statement trigger a change detector installs on
+// each source table.
+type detectorTrigger struct {
+	name     string // trigger name
+	function string // function in the refresherd schema
+}
+
+// detectorTriggers are all triggers the daemon manages.
+var detectorTriggers = []detectorTrigger{
+	{name: dbsql.TriggerName, function: dbsql.NotifyFunction},
+	{name: ChangelogTrigger, function: changelogFunction},
+}
+
+// triggerFor returns the trigger a change detection mode needs on each
+// source table; stats and none need none.
+func triggerFor(mode string) (detectorTrigger, bool) {
+	switch mode {
+	case config.DetectNotify:
+		return detectorTriggers[0], true
+	case config.DetectChangelog:
+		return detectorTriggers[1], true
+	}
+	return detectorTrigger{}, false
+}
+
+// checkSource checks that a source table exists and, when its changes are
+// watched (watched), that it is a table: triggers and table statistics exist
+// only for tables.
+func checkSource(ctx context.Context, tx pgx.Tx, src config.QualifiedName, watched bool) error {
 	var kind string
 	err := tx.QueryRow(ctx, `SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)`,
 		src.Sanitized()).Scan(&kind)
@@ -129,28 +170,131 @@ func ensureTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, wan
 	if err != nil {
 		return fmt.Errorf("look up source table %s: %w", src, err)
 	}
-	if kind != "r" && kind != "p" {
-		if !want {
-			return nil
-		}
+	if watched && kind != "r" && kind != "p" {
 		return fmt.Errorf("source %s is not a table (relkind %q): changes to it cannot be watched", src, kind)
 	}
-	var exists bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
-			WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2)`, src.Sanitized(), dbsql.TriggerName).Scan(&exists); err != nil {
-		return fmt.Errorf("look up trigger on %s: %w", src, err)
+	return nil
+}
+
+// EnsureTriggers makes the daemon's triggers on every table match what all
+// views need together: on each source table, the union of the triggers of
+// the views watching it (notify and changelog views of one table give it
+// both); a daemon trigger that no view needs is dropped, also from tables no
+// view lists any more. Each table is handled in its own transaction, so one
+// missing or busy table does not hold up the others; their errors are
+// returned joined (each view's set-up reports its own table's problem too).
+// Triggers are recognised by name and function, so a user's trigger is
+// never dropped.
+func EnsureTriggers(ctx context.Context, pool *pgxpool.Pool, views []config.View) error {
+	want := map[config.QualifiedName]map[string]bool{}
+	var tables []config.QualifiedName
+	add := func(src config.QualifiedName) {
+		if want[src] == nil {
+			want[src] = map[string]bool{}
+			tables = append(tables, src)
+		}
 	}
-	trig := pgx.Identifier{dbsql.TriggerName}.Sanitize()
+	for i := range views {
+		trig, ok := triggerFor(views[i].ChangeDetection)
+		if !ok {
+			continue
+		}
+		for _, src := range views[i].Sources {
+			add(src)
+			want[src][trig.name] = true
+		}
+	}
+	// Tables that carry one of our triggers, wanted or not.
+	have, err := tablesWithDaemonTriggers(ctx, pool)
+	if err != nil {
+		return err
+	}
+	for _, src := range have {
+		add(src)
+	}
+	var errs []error
+	for _, src := range tables {
+		err := withSetupLock(ctx, pool, func(tx pgx.Tx) error {
+			if len(want[src]) > 0 {
+				if err := checkSource(ctx, tx, src, true); err != nil {
+					return err
+				}
+			}
+			for _, trig := range detectorTriggers {
+				if err := syncTrigger(ctx, tx, src, trig, want[src][trig.name]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("ensure triggers: %w", err)
+			}
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("ensure triggers: %w", err)
+	}
+	return nil
+}
+
+// tablesWithDaemonTriggers lists the tables carrying one of the daemon's
+// triggers (matched by name and function).
+func tablesWithDaemonTriggers(ctx context.Context, pool *pgxpool.Pool) ([]config.QualifiedName, error) {
+	names := make([]string, len(detectorTriggers))
+	funcs := make([]string, len(detectorTriggers))
+	for i, t := range detectorTriggers {
+		names[i] = t.name
+		funcs[i] = pgx.Identifier{dbsql.SchemaName, t.function}.Sanitize() + "()"
+	}
+	rows, err := pool.Query(ctx, `SELECT DISTINCT n.nspname::text, c.relname::text
+		FROM unnest($1::text[], $2::text[]) AS d(tgname, fn)
+		JOIN pg_catalog.pg_trigger t ON t.tgname = d.tgname AND t.tgfoid = to_regprocedure(d.fn)
+		JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE NOT t.tgisinternal
+		ORDER BY 1, 2`, names, funcs)
+	if err != nil {
+		return nil, fmt.Errorf("list change triggers: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (config.QualifiedName, error) {
+		var q config.QualifiedName
+		err := r.Scan(&q.Schema, &q.Name)
+		return q, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list change triggers: %w", err)
+	}
+	return out, nil
+}
+
+// syncTrigger installs (want) or removes (!want) one of the daemon's
+// statement triggers on a source table. It looks before it locks: creating
+// or dropping a trigger takes a lock that blocks writers, so a table already
+// as wanted is left alone. A trigger of that name calling another function is
+// the user's: it is neither replaced nor dropped.
+func syncTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig detectorTrigger, want bool) error {
+	fn := pgx.Identifier{dbsql.SchemaName, trig.function}.Sanitize()
+	var exists, ours bool
+	if err := tx.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_and(t.tgfoid = to_regprocedure($3)), false)
+			FROM pg_catalog.pg_trigger t
+			WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2`, src.Sanitized(), trig.name, fn+"()").Scan(&exists, &ours); err != nil {
+		return fmt.Errorf("look up trigger %s on %s: %w", trig.name, src, err)
+	}
+	name := pgx.Identifier{trig.name}.Sanitize()
 	switch {
 	case want && !exists:
-		fn := pgx.Identifier{dbsql.SchemaName, dbsql.NotifyFunction}.Sanitize()
-		if _, err := tx.Exec(ctx, "CREATE OR REPLACE TRIGGER "+trig+" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "+
+		if _, err := tx.Exec(ctx, "CREATE TRIGGER "+name+" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "+
 			src.Sanitized()+" FOR EACH STATEMENT EXECUTE FUNCTION "+fn+"()"); err != nil {
-			return fmt.Errorf("create change trigger on %s: %w", src, err)
+			return fmt.Errorf("create trigger %s on %s: %w", trig.name, src, err)
 		}
-	case !want && exists:
-		if _, err := tx.Exec(ctx, "DROP TRIGGER IF EXISTS "+trig+" ON "+src.Sanitized()); err != nil {
-			return fmt.Errorf("drop change trigger on %s: %w", src, err)
+	case want && !ours:
+		return fmt.Errorf("trigger %s on %s exists but does not call %s(): refresherd will not replace it", trig.name, src, fn)
+	case !want && exists && ours:
+		if _, err := tx.Exec(ctx, "DROP TRIGGER IF EXISTS "+name+" ON "+src.Sanitized()); err != nil {
+			return fmt.Errorf("drop trigger %s on %s: %w", trig.name, src, err)
 		}
 	}
 	return nil

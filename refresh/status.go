@@ -12,6 +12,7 @@ type ViewStatus struct {
 	View                string     `json:"view"`
 	Ready               bool       `json:"ready"`
 	SetupError          string     `json:"setup_error,omitempty"`
+	DefinitionError     string     `json:"definition_error,omitempty"`
 	ChangeDetection     string     `json:"change_detection"`
 	DataAsOf            *time.Time `json:"data_as_of"`
 	StalenessSeconds    float64    `json:"staleness_seconds"`
@@ -40,7 +41,7 @@ func (e *Engine) Status() Status {
 	st := Status{Leader: e.leader, ListenerConnected: e.listenerConnected, DatabaseReachable: e.dbErr == nil}
 	e.mu.Unlock()
 	now := time.Now()
-	for _, w := range e.workers {
+	for _, w := range e.snapshot() {
 		w.mu.Lock()
 		vs := ViewStatus{
 			View:                w.name,
@@ -60,6 +61,9 @@ func (e *Engine) Status() Status {
 		if w.setupErr != nil {
 			vs.SetupError = w.setupErr.Error()
 		}
+		if w.defErr != nil {
+			vs.DefinitionError = w.defErr.Error()
+		}
 		if w.view.ScheduleSpec != nil {
 			vs.NextScheduled = timePtr(w.nextTick)
 		}
@@ -75,8 +79,9 @@ func (e *Engine) ViewStates() []metrics.ViewState {
 	leader := e.leader
 	e.mu.Unlock()
 	now := time.Now()
-	out := make([]metrics.ViewState, 0, len(e.workers))
-	for _, w := range e.workers {
+	ws := e.snapshot()
+	out := make([]metrics.ViewState, 0, len(ws))
+	for _, w := range ws {
 		w.mu.Lock()
 		out = append(out, metrics.ViewState{
 			View:             w.name,

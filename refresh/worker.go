@@ -22,12 +22,17 @@ type worker struct {
 	// wake has a buffer of one and is sent to without blocking: any burst of
 	// events becomes one wake-up.
 	wake chan struct{}
+	// cancel stops the worker (set when started); done closes when it has.
+	cancel context.CancelFunc
+	done   chan struct{}
 
 	mu         sync.Mutex
 	p          pending
 	ready      bool // set-up succeeded in this leadership term
 	setupErr   error
-	setupAt    time.Time // next set-up attempt
+	defErr     error                  // a definition change that could not be applied
+	inferred   []config.QualifiedName // undeclared upstream views found in pg_depend
+	setupAt    time.Time              // next set-up attempt
 	setupTries int
 	inProgress bool
 	failures   int
@@ -49,6 +54,7 @@ func newWorker(e *Engine, v *config.View) *worker {
 		name: v.Name.String(),
 		log:  e.log.With(zap.String("view", v.Name.String())),
 		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
 	}
 }
 
@@ -129,6 +135,10 @@ func (w *worker) step(ctx, refreshCtx context.Context, now time.Time) time.Time 
 		if now.Before(setupAt) {
 			return setupAt
 		}
+		if w.upstreamNotReady() {
+			// Its query reads them: create them first.
+			return now.Add(200 * time.Millisecond)
+		}
 		if !w.setup(ctx) {
 			w.mu.Lock()
 			defer w.mu.Unlock()
@@ -160,6 +170,10 @@ func (w *worker) step(ctx, refreshCtx context.Context, now time.Time) time.Time 
 		w.log.Debug("scheduled refresh skipped: no change since the last refresh")
 	}
 	if !pl.at.IsZero() && !pl.at.After(now) {
+		if w.waitingForUpstream() {
+			// The upstream's refresh pokes us; the timer is a backstop.
+			return now.Add(500 * time.Millisecond)
+		}
 		w.refresh(ctx, refreshCtx, pl.trigger)
 		return time.Now() // look again: more may have arrived meanwhile
 	}
@@ -182,6 +196,12 @@ func earliest(a, b time.Time) time.Time {
 // A broken view is reported (metric, status, log) and retried, never fatal.
 func (w *worker) setup(ctx context.Context) bool {
 	created, err := EnsureView(ctx, w.e.pool, w.view)
+	if err == nil && !created {
+		w.applyDefinition(ctx)
+	}
+	if err == nil {
+		w.checkDependencies(ctx)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err != nil {
@@ -211,15 +231,45 @@ func (w *worker) setup(ctx context.Context) bool {
 	return true
 }
 
+// applyDefinition rebuilds the view beside the old one when its configured
+// definition differs from the one it was built with. A failed rebuild keeps
+// the old definition refreshing and is reported.
+func (w *worker) applyDefinition(ctx context.Context) {
+	change, err := CheckDefinition(ctx, w.e.pool, w.view)
+	if err == nil && change == DefinitionUnknown {
+		w.log.Info("adopted an existing materialized view: its definition is assumed to match the configuration")
+	}
+	if err == nil && change == DefinitionChanged {
+		w.log.Info("view definition changed: rebuilding it beside the old one")
+		start := time.Now()
+		if err = Swap(ctx, w.e.pool, w.view, w.e.opts.Identity); err == nil {
+			w.log.Info("view rebuilt with the new definition and swapped in", zap.Duration("duration", time.Since(start)))
+			w.mu.Lock()
+			w.asOf = time.Time{} // reloaded from the status row below
+			w.mu.Unlock()
+			_ = w.e.loadStatus(ctx)
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.defErr = err
+	if err != nil {
+		w.log.Error("view definition not applied; the old definition stays in use", zap.Error(err))
+	}
+}
+
 // refresh runs one refresh now (waiting for a concurrency slot first) and
 // folds its result into the state.
 func (w *worker) refresh(ctx, refreshCtx context.Context, trigger string) {
+	w.e.mu.Lock()
+	sem := w.e.sem // a reload may replace it; release to the one we took
+	w.e.mu.Unlock()
 	select {
-	case w.e.sem <- struct{}{}:
+	case sem <- struct{}{}:
 	case <-ctx.Done():
 		return
 	}
-	defer func() { <-w.e.sem }()
+	defer func() { <-sem }()
 
 	// Take what is owed now: changes seen from here on may not be in this
 	// refresh's snapshot and cause one follow-up.
@@ -240,6 +290,10 @@ func (w *worker) refresh(ctx, refreshCtx context.Context, trigger string) {
 	w.e.m.Duration.WithLabelValues(w.name).Observe(out.Duration.Seconds())
 	w.e.m.Refreshes.WithLabelValues(w.name, trigger, resultOf(err)).Inc()
 
+	if err == nil {
+		// Deferred before the unlock below, so it runs after it.
+		defer w.afterRefresh(refreshCtx, taken, out)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.inProgress = false
@@ -271,4 +325,22 @@ func (w *worker) refresh(ctx, refreshCtx context.Context, trigger string) {
 		zap.Bool("concurrently", out.Concurrently),
 		zap.Int64("changes", taken.count),
 		zap.Time("data_as_of", out.AsOf))...)
+}
+
+// afterRefresh runs outside the worker's lock: dependents learn of the new
+// data, and a concurrent refresh's dead rows are vacuumed when they pile up
+// (VACUUM cannot run inside the refresh's transaction).
+func (w *worker) afterRefresh(ctx context.Context, taken pending, out Outcome) {
+	w.refreshedUpstream(taken, out.AsOf)
+	if !out.Concurrently || w.view.VacuumThreshold <= 0 {
+		return
+	}
+	dead, vacuumed, err := w.e.refresher.MaybeVacuum(ctx, w.view)
+	switch {
+	case err != nil:
+		w.log.Warn("vacuum after refresh failed", zap.Error(err))
+	case vacuumed:
+		w.e.m.Vacuums.WithLabelValues(w.name).Inc()
+		w.log.Info("vacuumed the view", zap.Int64("dead_rows", dead))
+	}
 }

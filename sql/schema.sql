@@ -51,6 +51,61 @@ BEGIN
 END
 $$;
 
+-- Change log for change_detection: changelog. A statement trigger on each
+-- watched table appends one row per table and transaction; the daemon drains
+-- the log with one DELETE ... RETURNING per poll, so a row committed after
+-- the poll's snapshot stays for the next poll. No NOTIFY: committing writers
+-- do not serialise on the notification queue's global lock.
+-- UNLOGGED: no WAL for writers to pay; the price is that crash recovery
+-- empties it, which the daemon detects (detector_sentinel below) and answers
+-- with a catch-up refresh.
+-- No id column and no index: the poller takes every row, order does not
+-- matter, and an index would be one more write per statement for writers.
+-- changed_at is now(), the writing transaction's start: never later than its
+-- commit, so staleness computed from it never under-reports.
+-- It is a queue: every row becomes a dead tuple once drained. The daemon
+-- vacuums it itself every few seconds; autovacuum is told to act on a few
+-- thousand dead rows rather than a fraction of the table, and never to
+-- truncate it (truncation takes a lock that would block the trigger's
+-- inserts, and the space is reused at once anyway).
+CREATE UNLOGGED TABLE IF NOT EXISTS refresherd.changelog (
+    source_schema text NOT NULL,
+    source_table  text NOT NULL,
+    changed_at    timestamptz NOT NULL DEFAULT now()
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000, vacuum_truncate = false);
+
+-- One row per polling detector, written by the daemon. UNLOGGED like the
+-- change log, so crash recovery (or promotion of a standby) empties it too:
+-- a poller that finds its row gone knows that changes may have been lost and
+-- catches up.
+CREATE UNLOGGED TABLE IF NOT EXISTS refresherd.detector_sentinel (
+    detector text PRIMARY KEY,
+    set_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- The changelog trigger function. SECURITY DEFINER so that the app's writers
+-- need no privileges on the refresherd schema (a missing grant would make
+-- their writes fail); search_path pinned as for any definer function.
+-- A transaction-local setting per table remembers that this transaction has
+-- already logged the table, so a transaction of many statements adds one
+-- row. The setting follows subtransactions: ROLLBACK TO SAVEPOINT forgets it
+-- together with the row it guarded.
+CREATE OR REPLACE FUNCTION refresherd.changelog_append() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    logged_flag text := 'refresherd.changelog_' || TG_RELID::text;
+BEGIN
+    IF current_setting(logged_flag, true) IS DISTINCT FROM 'y' THEN
+        INSERT INTO refresherd.changelog (source_schema, source_table)
+        VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME);
+        PERFORM set_config(logged_flag, 'y', true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+-- Writers reach the function only through the trigger.
+REVOKE ALL ON FUNCTION refresherd.changelog_append() FROM PUBLIC;
+
 -- For apps: the time a managed view's data is as of (NULL if never refreshed).
 -- SELECT refresherd.data_as_of('public.app_chargesummary');
 CREATE OR REPLACE FUNCTION refresherd.data_as_of(p_view text) RETURNS timestamptz

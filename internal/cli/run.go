@@ -23,25 +23,33 @@ import (
 )
 
 func runDaemon(args []string, env Env) int {
-	fs := newFlags("run", "run [--config FILE] [--http-listen ADDR] [--database-url URL] [--log-format json|console] [--pidfile FILE]", env)
+	fs := newFlags("run", "run [--config FILE] [--http-listen ADDR] [--database-url URL] [--log-format json|console] [--pidfile FILE] [--dry-run]", env)
 	cfgPath := fs.String("config", "config.yaml", "configuration file")
 	listen := fs.String("http-listen", "", "address for /metrics, /healthz, /readyz, /status (overrides http.listen)")
 	dbURL := fs.String("database-url", "", "PostgreSQL URL (overrides $DATABASE_URL and database.url)")
 	logFormat := fs.String("log-format", "", "log format: json or console (overrides log.format)")
 	pidfile := fs.String("pidfile", "", "write the daemon's PID here (for 'refresherd signal')")
+	dry := fs.Bool("dry-run", false, "print what start-up would change in the database (views to create or rebuild) and exit")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
 		return errorf(env, ExitUsage, "run", "unexpected arguments: %v", fs.Args())
 	}
-	cfg, err := loadConfig(*cfgPath, env, config.Overrides{DatabaseURL: *dbURL, HTTPListen: *listen, LogFormat: *logFormat})
+	ov := config.Overrides{DatabaseURL: *dbURL, HTTPListen: *listen, LogFormat: *logFormat}
+	cfg, err := loadConfig(*cfgPath, env, ov)
 	if err != nil {
 		return errorf(env, ExitUsage, "run", "%v", err)
 	}
 	poolCfg, sessionCfg, err := connConfigs(cfg)
 	if err != nil {
 		return errorf(env, ExitUsage, "run", "%v", err)
+	}
+	if *dry {
+		if err := dryRun(cfg, poolCfg, env.Stdout); err != nil {
+			return errorf(env, ExitFailure, "run", "%v", err)
+		}
+		return ExitOK
 	}
 	log, err := newLogger(cfg.Log, env)
 	if err != nil {
@@ -55,7 +63,8 @@ func runDaemon(args []string, env Env) int {
 		}
 		defer os.Remove(*pidfile)
 	}
-	if err := serve(cfg, poolCfg, sessionCfg, log, env); err != nil {
+	reload := func() (*config.Config, error) { return loadConfig(*cfgPath, env, ov) }
+	if err := serve(cfg, reload, poolCfg, sessionCfg, log, env); err != nil {
 		log.Error("refresherd failed", zap.Error(err))
 		return ExitFailure
 	}
@@ -125,7 +134,7 @@ func newLogger(c config.Log, env Env) (*zap.Logger, error) {
 }
 
 // serve runs the daemon until SIGTERM/SIGINT.
-func serve(cfg *config.Config, poolCfg *pgxpool.Config, sessionCfg *pgx.ConnConfig, log *zap.Logger, env Env) error {
+func serve(cfg *config.Config, reload func() (*config.Config, error), poolCfg *pgxpool.Config, sessionCfg *pgx.ConnConfig, log *zap.Logger, env Env) error {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	sigs := make(chan os.Signal, 4)
@@ -141,6 +150,7 @@ func serve(cfg *config.Config, poolCfg *pgxpool.Config, sessionCfg *pgx.ConnConf
 	defer pool.Close()
 
 	m := metrics.New(env.Version)
+	m.ConfigReloadTime.SetToCurrentTime()
 	host, _ := os.Hostname()
 	eng := refresh.New(cfg, pool, sessionCfg, m, log, refresh.Options{Identity: fmt.Sprintf("%s/%d", host, os.Getpid())})
 	srv, err := metrics.Listen(cfg.HTTP.Listen, m, metrics.Handlers{
@@ -177,7 +187,7 @@ loop:
 				log.Info("SIGUSR1: refreshing every view now")
 				eng.RefreshAll()
 			case syscall.SIGHUP:
-				log.Warn("SIGHUP: configuration reload is not supported yet; restart to apply changes")
+				reloadConfig(eng, reload, m, log)
 			default:
 				log.Info("stopping", zap.String("signal", s.String()))
 				stop()
@@ -203,6 +213,23 @@ loop:
 		log.Info("stopped cleanly")
 	}
 	return runErr
+}
+
+// reloadConfig re-reads the configuration; a bad one is logged and counted
+// and the running one stays.
+func reloadConfig(eng *refresh.Engine, reload func() (*config.Config, error), m *metrics.Metrics, log *zap.Logger) {
+	log.Info("SIGHUP: reloading the configuration")
+	cfg, err := reload()
+	if err == nil {
+		_, err = eng.Reload(cfg)
+	}
+	if err != nil {
+		m.ConfigReloadOK.Set(0)
+		log.Error("configuration reload failed; the running configuration stays", zap.Error(err))
+		return
+	}
+	m.ConfigReloadOK.Set(1)
+	m.ConfigReloadTime.SetToCurrentTime()
 }
 
 // describeDB names the database without credentials.

@@ -1,0 +1,156 @@
+// Package clitest runs refresherd's one-shot commands (status, refresh,
+// check, version, help) as a user does: the built binary as a process, a
+// config file, a real PostgreSQL database per test.
+package clitest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/refresherd/refresherd/internal/daemontest"
+	"github.com/refresherd/refresherd/internal/demodata"
+	"github.com/refresherd/refresherd/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// secret is put in every database URL the commands get (the test cluster
+// trusts local connections, so any password works); no output may show it.
+const secret = "Sup3rSecretPw"
+
+// binary builds refresherd once per test binary.
+var binary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "refresherd-clitest-bin-")
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	return daemontest.Build(ctx, dir)
+})
+
+func mustBinary(t *testing.T) string {
+	t.Helper()
+	bin, err := binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// result is one finished command.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return "exit " + strconv.Itoa(r.code) + "\n--- stdout:\n" + r.stdout + "--- stderr:\n" + r.stderr
+}
+
+// cmd runs `refresherd ARGS` with extra environment entries and returns its
+// output and exit code. The caller's DATABASE_URL and friends are dropped
+// so tests see only what they pass. It fails the test if the output shows
+// the password.
+func cmd(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := exec.CommandContext(ctx, mustBinary(t), args...)
+	for _, e := range os.Environ() {
+		name, _, _ := strings.Cut(e, "=")
+		switch name {
+		case "DATABASE_URL", "DATABASE_DIRECT_URL", "REFRESHERD_PIDFILE":
+			continue
+		}
+		c.Env = append(c.Env, e)
+	}
+	c.Env = append(c.Env, env...)
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	err := c.Run()
+	r := result{stdout: stdout.String(), stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	default:
+		t.Fatalf("refresherd %v: %v", args, err)
+	}
+	if strings.Contains(r.stdout+r.stderr, secret) {
+		t.Errorf("refresherd %v printed the database password:\n%s", args, r)
+	}
+	return r
+}
+
+// withPassword returns u with user (if not empty) and the test password.
+func withPassword(t *testing.T, u, user string) string {
+	t.Helper()
+	p, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if user == "" {
+		user = p.User.Username()
+	}
+	p.User = url.UserPassword(user, secret)
+	return p.String()
+}
+
+// demoDB creates a database with the Django tables and n charges; it
+// returns the URL (with the test password) and an admin pool.
+func demoDB(t *testing.T, n int) (string, *pgxpool.Pool) {
+	t.Helper()
+	u := pgtest.NewDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pool, err := pgxpool.New(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := demodata.CreateSchema(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if err := demodata.Load(ctx, pool, demodata.DefaultSize(n)); err != nil {
+		t.Fatal(err)
+	}
+	return withPassword(t, u, ""), pool
+}
+
+// shippedConfig is the repository's config.yaml.
+func shippedConfig() string { return filepath.Join(daemontest.ModuleRoot(), "config.yaml") }
+
+// writeConfig writes a config file into the test's temp dir.
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// lines returns the non-empty lines of s.
+func lines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.TrimSpace(l) != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}

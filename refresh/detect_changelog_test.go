@@ -1,0 +1,285 @@
+package refresh
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/internal/pgcluster"
+	"github.com/refresherd/refresherd/internal/pgtest"
+)
+
+var srcName = config.QualifiedName{Schema: "public", Name: "src"}
+
+// changelogSetup gives a database whose public.src carries the changelog
+// trigger, and a detector on it.
+func changelogSetup(t *testing.T) (*pgxpool.Pool, *changelogDetector) {
+	t.Helper()
+	pool := testPool(t)
+	v := testView(t, "public.sums", sumQuery)
+	v.ChangeDetection = config.DetectChangelog
+	if err := EnsureTriggers(context.Background(), pool, []config.View{*v}); err != nil {
+		t.Fatal(err)
+	}
+	return pool, newChangelogDetector(pool, zaptest.NewLogger(t))
+}
+
+// pollOnce polls d once as the poller would after a poll at prev.
+func pollOnce(t *testing.T, d detector, prev time.Time) (pollResult, []sinkEvent, time.Time) {
+	t.Helper()
+	sink := &recordingSink{}
+	start := time.Now()
+	res, err := d.poll(context.Background(), pollRound{start: start, prev: prev, sources: []config.QualifiedName{srcName}}, sink)
+	if err != nil {
+		t.Fatalf("poll: %v", err)
+	}
+	return res, sink.take(), start
+}
+
+func logRows(t *testing.T, pool *pgxpool.Pool) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM refresherd.changelog`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestChangelogDetectsWrites(t *testing.T) {
+	ctx := context.Background()
+	pool, d := changelogSetup(t)
+
+	// First poll: the sentinel is not there yet (a fresh database looks like
+	// one after a crash), nothing is logged.
+	res, evs, prev := pollOnce(t, d, time.Time{})
+	if !res.lost || len(evs) != 0 {
+		t.Fatalf("first poll: %+v, events %v; want lost and no events", res, kindsOf(evs))
+	}
+
+	for _, sql := range []string{
+		`INSERT INTO public.src VALUES (1, 1)`,
+		`UPDATE public.src SET v = v + 1 WHERE k = 2`,
+		`DELETE FROM public.src WHERE k = 3`,
+		`TRUNCATE public.src`,
+	} {
+		var txStart time.Time
+		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&txStart); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, sql)
+			return err
+		}); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		committed := time.Now()
+		res, evs, start := pollOnce(t, d, prev)
+		prev = start
+		if res.lost || len(evs) != 1 {
+			t.Fatalf("%s: %+v, events %+v; want one change", sql, res, evs)
+		}
+		ev := evs[0]
+		if ev.kind != "changed" || ev.mode != config.DetectChangelog || ev.src != srcName {
+			t.Errorf("%s: event %+v", sql, ev)
+		}
+		// Dated at the transaction's start: never after the commit.
+		if !ev.at.Equal(txStart) || ev.at.After(committed) {
+			t.Errorf("%s: dated %v, want the transaction start %v (committed by %v)", sql, ev.at, txStart, committed)
+		}
+		if res, evs, start := pollOnce(t, d, prev); res.lost || len(evs) != 0 {
+			t.Errorf("%s: second poll %+v, events %v; want nothing", sql, res, kindsOf(evs))
+		} else {
+			prev = start
+		}
+	}
+}
+
+func TestChangelogTransactions(t *testing.T) {
+	ctx := context.Background()
+	pool, d := changelogSetup(t)
+	_, _, prev := pollOnce(t, d, time.Time{})
+
+	exec := func(sqls ...string) {
+		t.Helper()
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Release()
+		for _, s := range sqls {
+			if _, err := conn.Exec(ctx, s); err != nil {
+				t.Fatalf("%s: %v", s, err)
+			}
+		}
+	}
+	tests := []struct {
+		name string
+		sqls []string
+		rows int
+	}{
+		{"rolled back", []string{"BEGIN", "INSERT INTO public.src VALUES (1, 1)", "ROLLBACK"}, 0},
+		{"several statements, one row", []string{"BEGIN", "INSERT INTO public.src VALUES (1, 1)", "UPDATE public.src SET v = 0 WHERE k = 1", "DELETE FROM public.src WHERE k = 2", "COMMIT"}, 1},
+		{"rolled back to a savepoint", []string{"BEGIN", "SAVEPOINT a", "INSERT INTO public.src VALUES (1, 1)", "ROLLBACK TO a", "COMMIT"}, 0},
+		{"written again after a savepoint's rollback", []string{"BEGIN", "SAVEPOINT a", "INSERT INTO public.src VALUES (1, 1)", "ROLLBACK TO a", "INSERT INTO public.src VALUES (1, 2)", "COMMIT"}, 1},
+		{"statement that changes no row", []string{"UPDATE public.src SET v = 0 WHERE false"}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			exec(tt.sqls...)
+			if n := logRows(t, pool); n != tt.rows {
+				t.Errorf("log rows = %d, want %d", n, tt.rows)
+			}
+			_, evs, start := pollOnce(t, d, prev)
+			prev = start
+			if len(evs) != tt.rows {
+				t.Errorf("events %v, want %d change(s)", kindsOf(evs), tt.rows)
+			}
+		})
+	}
+
+	t.Run("committed after the poll's snapshot: seen by the next poll", func(t *testing.T) {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback(ctx) }()
+		if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (7, 7)`); err != nil {
+			t.Fatal(err)
+		}
+		if _, evs, _ := pollOnce(t, d, prev); len(evs) != 0 {
+			t.Fatalf("uncommitted change reported: %v", kindsOf(evs))
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, evs, _ := pollOnce(t, d, prev); len(evs) != 1 {
+			t.Fatalf("events after commit %v, want one change", kindsOf(evs))
+		}
+	})
+}
+
+// TestChangelogWriterNeedsNoPrivileges: the app's role writes through the
+// trigger without any grant on the refresherd schema.
+func TestChangelogWriterNeedsNoPrivileges(t *testing.T) {
+	ctx := context.Background()
+	pool, d := changelogSetup(t)
+	_, _, prev := pollOnce(t, d, time.Time{})
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	role := pgx.Identifier{"rd_app_" + hex.EncodeToString(b)}.Sanitize()
+	mustExec(t, pool, `CREATE ROLE `+role)
+	t.Cleanup(func() {
+		mustExec(t, pool, `REVOKE ALL ON public.src FROM `+role)
+		mustExec(t, pool, `DROP ROLE `+role)
+	})
+	mustExec(t, pool, `GRANT SELECT, INSERT, UPDATE, DELETE ON public.src TO `+role)
+	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL ROLE `+role); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (1, 1)`)
+		return err
+	}); err != nil {
+		t.Fatalf("write as an unprivileged role: %v", err)
+	}
+	if _, evs, _ := pollOnce(t, d, prev); len(evs) != 1 {
+		t.Fatalf("events %v, want one change", kindsOf(evs))
+	}
+}
+
+// TestChangelogVacuum: the detector vacuums what it drained.
+func TestChangelogVacuum(t *testing.T) {
+	ctx := context.Background()
+	pool, d := changelogSetup(t)
+	for range 20 {
+		mustExec(t, pool, `INSERT INTO public.src VALUES (1, 1)`)
+	}
+	d.lastVacuum = time.Now() // not due yet
+	_, evs, prev := pollOnce(t, d, time.Time{})
+	if len(evs) != 1 || d.drainedSinceVacuum != 20 {
+		t.Fatalf("events %v, drained %d; want one change of 20 rows", kindsOf(evs), d.drainedSinceVacuum)
+	}
+	vacuums := func() (n, dead int64) {
+		if err := pool.QueryRow(ctx, `SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables WHERE relid = 'refresherd.changelog'::regclass`).Scan(&n, &dead); err != nil {
+			t.Fatal(err)
+		}
+		return n, dead
+	}
+	if n, _ := vacuums(); n != 0 {
+		t.Fatalf("vacuumed %d times before it was due", n)
+	}
+	d.lastVacuum = time.Now().Add(-changelogVacuumEvery)
+	mustExec(t, pool, `INSERT INTO public.src VALUES (1, 1)`)
+	pollOnce(t, d, prev)
+	if n, dead := vacuums(); n != 1 || dead != 0 {
+		t.Fatalf("vacuum_count %d, n_dead_tup %d; want 1 and 0", n, dead)
+	}
+	if d.drainedSinceVacuum != 0 || d.vacuumFailing {
+		t.Errorf("after vacuum: drained %d, failing %v", d.drainedSinceVacuum, d.vacuumFailing)
+	}
+}
+
+// TestChangelogCrash: crash recovery empties the unlogged log, losing a
+// committed change; the detector notices through its sentinel.
+func TestChangelogCrash(t *testing.T) {
+	ctx := context.Background()
+	c := pgtest.NewCluster(t, pgcluster.Options{})
+	if err := c.CreateDatabase(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+	open := func() *pgxpool.Pool {
+		pool, err := pgxpool.New(ctx, c.URL("app"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pool
+	}
+	pool := open()
+	defer func() { pool.Close() }()
+	if err := EnsureSchema(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, pool, `CREATE TABLE public.src (k int NOT NULL, v int NOT NULL)`)
+	v := testView(t, "public.sums", sumQuery)
+	v.ChangeDetection = config.DetectChangelog
+	if err := EnsureTriggers(ctx, pool, []config.View{*v}); err != nil {
+		t.Fatal(err)
+	}
+	d := newChangelogDetector(pool, zaptest.NewLogger(t))
+	_, _, prev := pollOnce(t, d, time.Time{})
+	if res, _, start := pollOnce(t, d, prev); res.lost {
+		t.Fatal("sentinel lost without a crash")
+	} else {
+		prev = start
+	}
+
+	mustExec(t, pool, `INSERT INTO public.src VALUES (1, 1)`)
+	if n := logRows(t, pool); n != 1 {
+		t.Fatalf("log rows = %d, want 1", n)
+	}
+	pool.Close()
+	if err := c.Stop(ctx, "immediate"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartAgain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pool = open()
+	d.pool = pool
+	res, evs, start := pollOnce(t, d, prev)
+	if !res.lost || len(evs) != 0 {
+		t.Fatalf("after the crash: %+v, events %v; want lost (the committed change's row is gone)", res, kindsOf(evs))
+	}
+	if res, _, _ := pollOnce(t, d, start); res.lost {
+		t.Error("sentinel not restored after the crash")
+	}
+}

@@ -1,0 +1,238 @@
+package refresh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/refresherd/refresherd/config"
+)
+
+// DefinitionChange says how a view's stored definition compares with its
+// configuration.
+type DefinitionChange int
+
+// Definition states.
+const (
+	DefinitionSame    DefinitionChange = iota
+	DefinitionUnknown                  // no hash stored: adopted as is
+	DefinitionChanged
+)
+
+// CheckDefinition compares the definition hash stored with the view with the
+// configuration's. An existing view without a stored hash (created before
+// refresherd managed it) is adopted: its hash is recorded.
+func CheckDefinition(ctx context.Context, pool *pgxpool.Pool, v *config.View) (DefinitionChange, error) {
+	var stored *string
+	err := pool.QueryRow(ctx, `SELECT definition_hash FROM refresherd.view_status WHERE view_name = $1`, v.Name.String()).Scan(&stored)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("read definition of %s: %w", v.Name, err)
+	}
+	want := DefinitionHash(v)
+	switch {
+	case stored == nil:
+		if _, err := pool.Exec(ctx, `INSERT INTO refresherd.view_status (view_name, definition_hash) VALUES ($1, $2)
+			ON CONFLICT (view_name) DO UPDATE SET definition_hash = excluded.definition_hash`, v.Name.String(), want); err != nil {
+			return 0, fmt.Errorf("record definition of %s: %w", v.Name, err)
+		}
+		return DefinitionUnknown, nil
+	case *stored == want:
+		return DefinitionSame, nil
+	}
+	return DefinitionChanged, nil
+}
+
+// SwapPlan describes a definition change, for --dry-run and logs.
+type SwapPlan struct {
+	View           string
+	Temp, Old      string
+	DependentViews []string // plain or materialized views that read the current one
+}
+
+func (p SwapPlan) String() string {
+	s := fmt.Sprintf("rebuild %s: create %s with the new definition, populate and index it, then swap names in one transaction and drop the old view", p.View, p.Temp)
+	if len(p.DependentViews) > 0 {
+		s += fmt.Sprintf("; BLOCKED: %s read(s) the view and would have to be recreated", strings.Join(p.DependentViews, ", "))
+	}
+	return s
+}
+
+// PlanSwap looks at what a rebuild would do.
+func PlanSwap(ctx context.Context, pool *pgxpool.Pool, v *config.View) (SwapPlan, error) {
+	p := SwapPlan{
+		View: v.Name.String(),
+		Temp: v.Name.WithName(sideName(v.Name.Name, "_rfd_new")).String(),
+		Old:  v.Name.WithName(sideName(v.Name.Name, "_rfd_old")).String(),
+	}
+	rows, err := pool.Query(ctx, `SELECT DISTINCT format('%I.%I', n.nspname, c.relname)
+		FROM pg_catalog.pg_depend d
+		JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_catalog.pg_rewrite'::regclass
+		JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE d.refobjid = to_regclass($1) AND d.refclassid = 'pg_catalog.pg_class'::regclass
+		  AND r.ev_class <> to_regclass($1)
+		ORDER BY 1`, v.Name.Sanitized())
+	if err != nil {
+		return p, fmt.Errorf("find views depending on %s: %w", v.Name, err)
+	}
+	p.DependentViews, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return p, fmt.Errorf("find views depending on %s: %w", v.Name, err)
+	}
+	return p, nil
+}
+
+// Swap rebuilds a view whose definition changed without downtime: the new
+// view is built and indexed beside the old one, then one short transaction
+// renames them and drops the old, so readers see the old data until the
+// commit and the new data after, never an error or an empty view (a reader
+// waiting on the old view's lock re-resolves the name after the commit).
+// Privileges granted on the old view are granted on the new one.
+func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity string) error {
+	plan, err := PlanSwap(ctx, pool, v)
+	if err != nil {
+		return err
+	}
+	if len(plan.DependentViews) > 0 {
+		return fmt.Errorf("definition of %s changed but %s depend(s) on it: drop them (or recreate them after) to let refresherd rebuild it; the old definition stays in use",
+			v.Name, strings.Join(plan.DependentViews, ", "))
+	}
+	tmp := v.Name.WithName(sideName(v.Name.Name, "_rfd_new"))
+	old := v.Name.WithName(sideName(v.Name.Name, "_rfd_old"))
+	idx := pgx.Identifier{indexName(v.Name.Name)}.Sanitize()
+	tmpIdx := pgx.Identifier{indexName(tmp.Name)}
+	cols := make([]string, len(v.UniqueKey))
+	for i, c := range v.UniqueKey {
+		cols[i] = pgx.Identifier{c}.Sanitize()
+	}
+
+	// Build beside the old one: this is the long part, and readers are not
+	// affected at all.
+	var asOf time.Time
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, pgDuration(v.StatementTimeout)); err != nil {
+			return fmt.Errorf("set timeout: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "DROP MATERIALIZED VIEW IF EXISTS "+tmp.Sanitized()); err != nil {
+			return fmt.Errorf("drop leftover %s: %w", tmp, err)
+		}
+		if err := tx.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&asOf); err != nil {
+			return fmt.Errorf("read clock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "CREATE MATERIALIZED VIEW "+tmp.Sanitized()+" AS "+v.Query+"\nWITH DATA"); err != nil {
+			return fmt.Errorf("build %s: %w", tmp, err)
+		}
+		if _, err := tx.Exec(ctx, "CREATE UNIQUE INDEX "+tmpIdx.Sanitize()+" ON "+tmp.Sanitized()+" ("+strings.Join(cols, ", ")+")"); err != nil {
+			return fmt.Errorf("index %s: %w", tmp, err)
+		}
+		return copyGrants(ctx, tx, v.Name, tmp)
+	})
+	if err != nil {
+		return fmt.Errorf("rebuild %s: %w", v.Name, err)
+	}
+
+	// The swap: short, bounded by lock_timeout.
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true)`, pgDuration(v.LockTimeout)); err != nil {
+			return fmt.Errorf("set timeout: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("view", v.Name.String())); err != nil {
+			return fmt.Errorf("take view lock: %w", err)
+		}
+		stmts := []string{
+			"ALTER MATERIALIZED VIEW " + v.Name.Sanitized() + " RENAME TO " + pgx.Identifier{old.Name}.Sanitize(),
+			"ALTER INDEX IF EXISTS " + pgx.Identifier{v.Name.Schema, indexName(v.Name.Name)}.Sanitize() + " RENAME TO " + pgx.Identifier{indexName(old.Name)}.Sanitize(),
+			"ALTER MATERIALIZED VIEW " + tmp.Sanitized() + " RENAME TO " + pgx.Identifier{v.Name.Name}.Sanitize(),
+			"ALTER INDEX " + pgx.Identifier{v.Name.Schema, tmpIdx[0]}.Sanitize() + " RENAME TO " + idx,
+			"DROP MATERIALIZED VIEW " + old.Sanitized(),
+		}
+		for _, s := range stmts {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return fmt.Errorf("%s: %w", s, err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO refresherd.view_status AS s
+				(view_name, data_as_of, last_success_at, last_attempt_at, last_result, last_trigger, definition_hash, refreshed_by, consecutive_failures)
+			VALUES ($1, $2, clock_timestamp(), now(), 'success', 'definition', $3, $4, 0)
+			ON CONFLICT (view_name) DO UPDATE SET data_as_of = excluded.data_as_of, last_success_at = excluded.last_success_at,
+				last_attempt_at = excluded.last_attempt_at, last_result = 'success', last_error = NULL, last_trigger = 'definition',
+				definition_hash = excluded.definition_hash, refreshed_by = excluded.refreshed_by, consecutive_failures = 0`,
+			v.Name.String(), asOf, DefinitionHash(v), identity); err != nil {
+			return fmt.Errorf("record definition: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		// The old view is untouched; drop the side build so it does not
+		// linger.
+		_, _ = pool.Exec(context.WithoutCancel(ctx), "DROP MATERIALIZED VIEW IF EXISTS "+tmp.Sanitized())
+		return fmt.Errorf("swap %s: %w", v.Name, err)
+	}
+	return nil
+}
+
+// copyGrants re-grants on to whatever was granted on from, so the app's
+// role can still read the rebuilt view.
+func copyGrants(ctx context.Context, tx pgx.Tx, from, to config.QualifiedName) error {
+	rows, err := tx.Query(ctx, `SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable
+		FROM pg_catalog.pg_class c, aclexplode(c.relacl) a
+		WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner`, from.Sanitized())
+	if err != nil {
+		return fmt.Errorf("read grants of %s: %w", from, err)
+	}
+	type grant struct {
+		role      *string
+		privilege string
+		option    bool
+	}
+	var grants []grant
+	for rows.Next() {
+		var g grant
+		if err := rows.Scan(&g.role, &g.privilege, &g.option); err != nil {
+			rows.Close()
+			return fmt.Errorf("read grants of %s: %w", from, err)
+		}
+		grants = append(grants, g)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read grants of %s: %w", from, err)
+	}
+	allowed := map[string]bool{"SELECT": true, "INSERT": true, "UPDATE": true, "DELETE": true, "TRUNCATE": true, "REFERENCES": true, "TRIGGER": true, "MAINTAIN": true}
+	for _, g := range grants {
+		if !allowed[g.privilege] {
+			continue
+		}
+		grantee := "PUBLIC"
+		if g.role != nil {
+			grantee = pgx.Identifier{*g.role}.Sanitize()
+		}
+		stmt := "GRANT " + g.privilege + " ON " + to.Sanitized() + " TO " + grantee
+		if g.option {
+			stmt += " WITH GRANT OPTION"
+		}
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("copy grant %s: %w", stmt, err)
+		}
+	}
+	return nil
+}
+
+// sideName is name+suffix cut to PostgreSQL's 63 bytes at a character
+// boundary.
+func sideName(name, suffix string) string {
+	limit := 63 - len(suffix)
+	if len(name) > limit {
+		cut := limit
+		for cut > 0 && !isRuneStart(name[cut]) {
+			cut--
+		}
+		name = name[:cut]
+	}
+	return name + suffix
+}
