@@ -25,6 +25,15 @@ const setupLockTimeout = "10s"
 // REPLACE FUNCTION would fail with "tuple concurrently updated".
 func EnsureSchema(ctx context.Context, pool *pgxpool.Pool) error {
 	return withSetupLock(ctx, pool, func(tx pgx.Tx) error {
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT to_regnamespace($1) IS NOT NULL`, dbsql.SchemaName).Scan(&exists); err != nil {
+			return fmt.Errorf("look up refresherd schema: %w", err)
+		}
+		if !exists {
+			if _, err := tx.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{dbsql.SchemaName}.Sanitize()); err != nil {
+				return fmt.Errorf("create refresherd schema: %w", err)
+			}
+		}
 		if _, err := tx.Exec(ctx, dbsql.Schema); err != nil {
 			return fmt.Errorf("create refresherd schema: %w", err)
 		}

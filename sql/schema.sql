@@ -1,6 +1,8 @@
 -- refresherd's own objects. Idempotent: run at every start-up, serialised
 -- between replicas by an advisory lock taken by the caller.
-CREATE SCHEMA IF NOT EXISTS refresherd;
+-- The schema itself is created by the daemon only when missing (CREATE
+-- SCHEMA IF NOT EXISTS would need CREATE on the database even then), so a
+-- DBA may pre-create it and give the daemon's role just that schema.
 
 -- One row per managed view, written in the same transaction as the refresh
 -- it describes (success) or in a transaction of its own (failure), so it
