@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh"
 	dbsql "github.com/refresherd/refresherd/sql"
 )
 
@@ -135,8 +136,8 @@ func (c *checker) checkServer(ctx context.Context, conn *pgx.Conn) error {
 }
 
 // checkSchema checks what EnsureSchema needs, as verified against the
-// server: sql/schema.sql runs at every start, and PostgreSQL checks
-// CREATE SCHEMA IF NOT EXISTS against the database's CREATE privilege and
+// server: the schema is created only when missing (that needs CREATE on the
+// database); sql/schema.sql runs at every start, and PostgreSQL checks
 // CREATE TABLE IF NOT EXISTS against the schema's before it finds the
 // object exists; CREATE INDEX IF NOT EXISTS needs the table's ownership
 // and CREATE OR REPLACE FUNCTION the function's. Keep this in step with
@@ -151,16 +152,13 @@ func (c *checker) checkSchema(ctx context.Context, conn *pgx.Conn) error {
 		FROM (SELECT to_regnamespace($1)::oid AS oid) AS n`, dbsql.SchemaName).Scan(&dbCreate, &exists, &schemaCreate, &schemaUsage); err != nil {
 		return fmt.Errorf("check schema privileges: %w", err)
 	}
-	found := 0
-	if !dbCreate {
-		found++
-		c.problem(subject, "role %q lacks CREATE on database %q: start-up runs CREATE SCHEMA IF NOT EXISTS %s, which PostgreSQL checks even when the schema exists (GRANT CREATE ON DATABASE %s TO %s)",
-			c.role, c.db, dbsql.SchemaName, pgx.Identifier{c.db}.Sanitize(), pgx.Identifier{c.role}.Sanitize())
-	}
 	if !exists {
-		if found == 0 {
-			c.ok(subject, "does not exist yet: start-up will create it (role %q may CREATE in database %q)", c.role, c.db)
+		if !dbCreate {
+			c.problem(subject, "does not exist and role %q lacks CREATE on database %q to create it (GRANT CREATE ON DATABASE %s TO %s, or pre-create schema %s owned by the role)",
+				c.role, c.db, pgx.Identifier{c.db}.Sanitize(), pgx.Identifier{c.role}.Sanitize(), dbsql.SchemaName)
+			return nil
 		}
+		c.ok(subject, "does not exist yet: start-up will create it (role %q may CREATE in database %q)", c.role, c.db)
 		return nil
 	}
 	if !schemaCreate || !schemaUsage {
@@ -192,6 +190,7 @@ func (c *checker) checkSchema(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("check schema objects: %w", err)
 	}
+	found := 0
 	for _, o := range objs {
 		if !o.owned {
 			found++
@@ -354,13 +353,18 @@ func missingFrom(keys, cols []string) []string {
 // checkSource checks one source table of v as EnsureView will use it.
 func (c *checker) checkSource(ctx context.Context, conn *pgx.Conn, v *config.View, src config.QualifiedName) error {
 	subject := v.Name.String()
-	notify := v.ChangeDetection == config.DetectNotify
+	// notify and changelog both need a trigger of their own on the table.
+	notify := v.ChangeDetection == config.DetectNotify || v.ChangeDetection == config.DetectChangelog
+	triggerName := dbsql.TriggerName
+	if v.ChangeDetection == config.DetectChangelog {
+		triggerName = refresh.ChangelogTrigger
+	}
 	var kind string
 	var trigger, triggerPriv, owned bool
 	err := conn.QueryRow(ctx, `SELECT c.relkind::text,
 			EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = $2),
 			has_table_privilege(c.oid, 'TRIGGER'), pg_has_role(c.relowner, 'USAGE')
-		FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)`, src.Sanitized(), dbsql.TriggerName).Scan(&kind, &trigger, &triggerPriv, &owned)
+		FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)`, src.Sanitized(), triggerName).Scan(&kind, &trigger, &triggerPriv, &owned)
 	if errors.Is(err, pgx.ErrNoRows) {
 		c.problem(subject, "source table %s does not exist", src)
 		return nil
@@ -371,7 +375,7 @@ func (c *checker) checkSource(ctx context.Context, conn *pgx.Conn, v *config.Vie
 	isTable := kind == "r" || kind == "p"
 	switch {
 	case !isTable && notify:
-		c.problem(subject, "source %s is %s, not a table: change_detection notify cannot watch it (list its tables as sources, or set change_detection: none)", src, relkindName(kind))
+		c.problem(subject, "source %s is %s, not a table: change_detection %s cannot watch it (list its tables as sources, or set change_detection: none)", src, relkindName(kind), v.ChangeDetection)
 	case !isTable:
 		c.ok(subject, "source %s exists (%s)", src, relkindName(kind))
 	case notify && trigger:

@@ -741,14 +741,14 @@ func TestCheckProblems(t *testing.T) {
 		t.Errorf("status without access to the status table: %s", res)
 	}
 
-	// Without CREATE on the database, start-up cannot run at all.
+	// The schema exists already: CREATE on the database is not needed (the
+	// daemon creates its schema only when it is missing).
 	if _, err := pool.Exec(ctx, `REVOKE CREATE ON DATABASE `+pgx.Identifier{db}.Sanitize()+` FROM `+r); err != nil {
 		t.Fatal(err)
 	}
 	res = cmd(t, roleEnv, "check", "--config", cfg)
-	want := fmt.Sprintf(`PROBLEM refresherd schema: role %q lacks CREATE on database %q: start-up runs CREATE SCHEMA IF NOT EXISTS refresherd`, role, db)
-	if res.code != 1 || !strings.Contains(res.stdout, want) {
-		t.Errorf("check without CREATE on the database: want %q: %s", want, res)
+	if res.code != 1 || strings.Contains(res.stdout, "CREATE on database") {
+		t.Errorf("check without CREATE on the database but with the schema present: %s", res)
 	}
 }
 
