@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -83,6 +84,7 @@ type Engine struct {
 	leaderTerm        chan struct{} // closed when the current term ends
 	listenerConnected bool
 	dbErr             error
+	healthNow         chan struct{} // buffer 1: a connection was lost or made, check the database now
 	stopping          bool
 	terms             int // leadership terms so far
 }
@@ -104,7 +106,8 @@ func New(cfg *config.Config, pool *pgxpool.Pool, sessionCfg *pgx.ConnConfig, m *
 		sem:        make(chan struct{}, cfg.MaxConcurrentRefreshes),
 		active:     newGate(),
 		started:    time.Now(),
-		dbErr:      errors.New("not checked yet"),
+		dbErr:      errNotChecked,
+		healthNow:  make(chan struct{}, 1),
 	}
 	for i := range cfg.Views {
 		e.addWorker(newWorker(e, &cfg.Views[i]))
@@ -229,6 +232,7 @@ func (e *Engine) setLeader(leader bool) {
 	e.m.Leader.Set(0)
 	e.active.set(false)
 	close(e.leaderTerm)
+	e.checkHealthSoon() // leadership mostly ends because its connection failed
 }
 
 // lead runs one leadership term: schema, known status, then the listener,
@@ -272,6 +276,7 @@ func (e *Engine) lead(ctx context.Context) {
 		Log:        e.log.Named("listener"),
 		OnConnect: func(lastGood time.Time) {
 			e.setListener(true)
+			e.checkHealthSoon()
 			if first {
 				// LISTEN first, then mark the catch-up, then let workers
 				// set up and refresh: no change can fall in between.
@@ -284,6 +289,7 @@ func (e *Engine) lead(ctx context.Context) {
 			e.ChangesMissed(config.DetectNotify, lastGood)
 		},
 		OnDisconnect: func(_ error, lastGood time.Time) {
+			e.checkHealthSoon()
 			e.setListener(false)
 			e.ChangesUnseen(config.DetectNotify, lastGood)
 		},
@@ -307,6 +313,7 @@ func (e *Engine) startTerm() {
 	e.mu.Unlock()
 	for _, w := range e.snapshot() {
 		w.mu.Lock()
+		w.retryAt = time.Time{} // a new term: no carried-over backoff (failures stay counted)
 		since := w.asOf
 		if since.IsZero() {
 			since = e.started
@@ -368,7 +375,20 @@ func (e *Engine) notify(payload string, received time.Time) {
 		e.RefreshAll()
 		return
 	}
-	if n.TS == nil || !e.SourceChanged(config.DetectNotify, config.QualifiedName{Schema: n.Schema, Name: n.Table}, time.Unix(0, int64(*n.TS*1e9)), received) {
+	if n.TS == nil || math.IsNaN(*n.TS) || math.IsInf(*n.TS, 0) {
+		e.m.NotificationsIgnored.Inc()
+		return
+	}
+	// A transaction older than a day is implausible; a bogus time must not
+	// spike staleness.
+	at := received.Add(-24 * time.Hour)
+	switch secs := *n.TS; {
+	case secs > float64(received.Unix()):
+		at = received // clock skew; change() clamps to received anyway
+	case secs > float64(at.Unix()):
+		at = time.Unix(0, int64(secs*1e9))
+	}
+	if !e.SourceChanged(config.DetectNotify, config.QualifiedName{Schema: n.Schema, Name: n.Table}, at, received) {
 		e.m.NotificationsIgnored.Inc()
 	}
 }
@@ -492,14 +512,32 @@ func (e *Engine) checkHealth(ctx context.Context) {
 		e.dbErr = err
 		e.mu.Unlock()
 		switch {
-		case err != nil && was == nil:
+		case err != nil && (was == nil || was == errNotChecked):
 			e.log.Warn("database unreachable", zap.Error(err))
 		case err == nil && was != nil:
 			e.log.Info("database reachable")
 		}
-		if !sleep(ctx, e.opts.HealthEvery) {
+		t := time.NewTimer(e.opts.HealthEvery)
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-e.healthNow:
+			t.Stop()
+		case <-t.C:
 		}
+	}
+}
+
+// errNotChecked is the database state before the first check.
+var errNotChecked = errors.New("not checked yet")
+
+// checkHealthSoon asks for a database check now (a connection was lost or
+// made), so /readyz follows within moments rather than HealthEvery.
+func (e *Engine) checkHealthSoon() {
+	select {
+	case e.healthNow <- struct{}{}:
+	default:
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"go.uber.org/zap"
 )
 
@@ -73,7 +74,17 @@ func (l *Listener) Run(ctx context.Context) {
 func (l *Listener) connect(ctx context.Context) (*pgx.Conn, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := pgx.ConnectConfig(cctx, l.ConnConfig)
+	// This connection only waits for notifications; nothing runs on the
+	// server that a cancel request could stop. With the cancel-request
+	// handler the daemon gives its other connections, ending a wait (at
+	// shutdown, at the end of a leadership term, or PingEvery's timeout)
+	// took pgx's fallback socket deadline, 5 s: shutdown waited for it. A
+	// socket deadline ends the wait at once and keeps the connection usable.
+	cfg := l.ConnConfig.Copy()
+	cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.DeadlineContextWatcherHandler{Conn: pc.Conn()}
+	}
+	conn, err := pgx.ConnectConfig(cctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect listener: %w", err)
 	}

@@ -1,0 +1,139 @@
+package faults
+
+import (
+	"bytes"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDatabaseHung freezes every process of the test cluster with SIGSTOP:
+// connections stay open and nothing answers, the nastiest failure for a
+// client. The daemon's endpoints must keep answering from memory (< 1 s),
+// /readyz must report not ready within ~10 s, and after SIGCONT the daemon
+// must recover and reflect a change.
+func TestDatabaseHung(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 2000)
+	p := e.startDaemon(t, config{})
+	e.mustSettle(t, 30*time.Second)
+	waitIdle(t, p, 30*time.Second)
+
+	postmaster, err := e.cluster.PostmasterPID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stopped []int
+	// Always resume, even if the test fails half-way: registered before the
+	// first SIGSTOP, it runs before the cluster's own cleanup.
+	t.Cleanup(func() {
+		for _, pid := range stopped {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	})
+	// The postmaster first, so it cannot start a child we would miss.
+	if err := syscall.Kill(postmaster, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped = append(stopped, postmaster)
+	for _, pid := range childrenOf(postmaster) {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err == nil {
+			stopped = append(stopped, pid)
+		}
+	}
+	stoppedAt := time.Now()
+	t.Logf("SIGSTOP sent to %d postgres processes", len(stopped))
+
+	var notReadyAfter time.Duration
+	var slowest time.Duration
+	// 15 s: long enough for every periodic check of the daemon (database
+	// ping every 5 s, leader check every 2 s, listener ping after 10 s of
+	// quiet) to run into the hung server at least once.
+	for time.Since(stoppedAt) < 15*time.Second {
+		for _, path := range []string{"/metrics", "/healthz", "/status"} {
+			code, _, took, err := get(p, path, 5*time.Second)
+			slowest = max(slowest, took)
+			if err != nil || code != http.StatusOK {
+				t.Errorf("GET %s with the database hung: %d, %v", path, code, err)
+			} else if took >= time.Second {
+				t.Errorf("GET %s took %v with the database hung, want < 1 s", path, took)
+			}
+		}
+		if notReadyAfter == 0 {
+			code, body, took, err := get(p, "/readyz", 5*time.Second)
+			slowest = max(slowest, took)
+			if err != nil {
+				t.Errorf("GET /readyz with the database hung: %v", err)
+			} else if code == http.StatusServiceUnavailable {
+				notReadyAfter = time.Since(stoppedAt)
+				t.Logf("/readyz: %s", strings.TrimSpace(body))
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("endpoints answered in at most %v with the database hung; /readyz said 503 after %v",
+		slowest.Round(time.Millisecond), notReadyAfter.Round(time.Millisecond))
+	if notReadyAfter == 0 || notReadyAfter > 10*time.Second {
+		t.Errorf("/readyz said not ready after %v (0: never within 15 s), want within ~10 s", notReadyAfter.Round(time.Millisecond))
+	}
+
+	for _, pid := range stopped {
+		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+			t.Errorf("SIGCONT %d: %v", pid, err)
+		}
+	}
+	stopped = nil
+	resumedAt := time.Now()
+	e.pool.Reset()
+	e.change(t)
+	e.mustSettle(t, 30*time.Second)
+	t.Logf("change reflected %v after SIGCONT", time.Since(resumedAt).Round(time.Millisecond))
+	ready := false
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if code, _, _, err := get(p, "/readyz", 5*time.Second); err == nil && code == http.StatusOK {
+			ready = true
+			break
+		}
+	}
+	if !ready {
+		t.Errorf("/readyz not 200 within 30 s of SIGCONT")
+	}
+	t.Logf("ready again %v after SIGCONT", time.Since(resumedAt).Round(time.Millisecond))
+	if p.Exited() {
+		t.Fatal("daemon exited")
+	}
+}
+
+// childrenOf lists the processes whose parent is pid, from /proc.
+func childrenOf(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var kids []int
+	for _, ent := range entries {
+		child, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// "pid (comm) state ppid ...": comm may hold spaces and ')'.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(stat[i+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			kids = append(kids, child)
+		}
+	}
+	return kids
+}
