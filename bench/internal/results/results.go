@@ -1,0 +1,159 @@
+// Package results holds what one benchmark run measured, for the report.
+// Durations are in seconds unless a field says otherwise.
+package results
+
+import (
+	"time"
+
+	"github.com/refresherd/refresherd/bench/internal/stats"
+	"github.com/refresherd/refresherd/bench/internal/sysinfo"
+)
+
+// Run is a whole benchmark run.
+type Run struct {
+	Profile     string // quick or full
+	CommandLine string
+	Started     time.Time
+	Elapsed     time.Duration
+	Machine     sysinfo.Machine
+	PGVersion   string
+	PgbenchVer  string
+	PgCron      string // version or why it is not available
+	PgCronOK    bool
+	PgCronSetup string // how it was made available
+	Settings    map[string]string
+	Config      ConfigInfo
+	SizeChoice  string // why the largest size is what it is (full mode)
+	Sizes       []*Size
+	Writer      *Writer // nil when not run
+	Idle        *Idle
+	Stops       []Stop    // daemons stopped with SIGTERM
+	LoadAvg     []float64 // 1-minute load average at each step's start
+	Notes       []string
+	Problems    []string // errors that made a section incomplete
+}
+
+// Stop is one daemon's graceful stop: SIGTERM to exit.
+type Stop struct {
+	What    string
+	Seconds float64
+	Code    int
+	Err     string
+}
+
+// ConfigInfo is what the shipped config says about the view.
+type ConfigInfo struct {
+	Path         string
+	View         string
+	Debounce     time.Duration
+	MaxDelay     time.Duration
+	Schedule     string
+	Concurrently bool
+	Detection    string
+	Query        string
+}
+
+// Size is everything measured at one data size.
+type Size struct {
+	Label       string // 100k, 1M, ...
+	Charges     int
+	Users, Jobs int
+	Months      int
+	Seed        int64
+	LoadSeconds float64
+	CopySeconds float64 // template copies for pg_cron (and the writer test)
+	SummaryRows int64
+	TableBytes  int64 // app_charge with indexes
+	ViewBytes   int64 // the materialized view with indexes
+
+	Cost      []CostRow
+	Reader    []ReaderRow
+	Freshness []FreshRow
+}
+
+// CostRow is one way of computing the summary.
+type CostRow struct {
+	Method  string
+	Command string
+	Seconds []float64
+	Summary stats.Summary
+}
+
+// ReaderRow is the app query's latency under one condition (milliseconds).
+type ReaderRow struct {
+	Condition string
+	Command   string
+	Windows   int // refreshes the samples were taken during (0: none)
+	Summary   stats.Summary
+}
+
+// FreshRow is one freshness run.
+type FreshRow struct {
+	System      string // refresherd or pg_cron
+	TargetRate  float64
+	Achieved    float64 // in-window commits per second
+	Inserts     int64   // every insert of the run (the table grew by this)
+	Window      time.Duration
+	Lags        []float64 // seconds
+	Summary     stats.Summary
+	Unseen      int
+	Violations  int  // refresherd's data_as_of claim contradicted by content
+	ClaimChecks bool // violations were checked
+	Refreshes   int  // refreshes that completed during the run
+	RefreshMean float64
+	DaemonCPU   float64 // daemon CPU seconds per second of run (refresherd)
+	Verified    string  // content check after the run
+	Note        string
+	Command     string
+}
+
+// Writer is the writer-impact section.
+type Writer struct {
+	SizeLabel string
+	Duration  time.Duration
+	Rounds    int
+	Clients   []int
+	Script    string
+	Command   string
+	Modes     []WriterMode
+}
+
+// WriterMode is one change-detection mode.
+type WriterMode struct {
+	Mode        string
+	Available   bool
+	Unavailable string // the daemon's message when it rejected the mode
+	Triggers    []string
+	TPS         map[int][]float64 // by clients: every round
+	Median      map[int]float64
+	Refreshes   int // refreshes during the pgbench runs (should be 0)
+	ConfigDiff  string
+}
+
+// Idle is the idle and footprint section.
+type Idle struct {
+	SizeLabel    string
+	Seconds      float64
+	CPUSeconds   float64
+	Refreshes    int // success + error during the idle period
+	Skipped      int // scheduled ticks skipped as unchanged
+	RSSBytes     int64
+	PeakRSSBytes int64
+	ClockTicks   int64
+	Overlap      string // what else ran meanwhile (quick mode), or ""
+}
+
+// The refresh-cost methods (CostRow.Method).
+const (
+	MethodAggregate = "aggregate SELECT only (psql)"
+	MethodPlain     = "REFRESH, plain (psql)"
+	MethodPsqlConc  = "REFRESH CONCURRENTLY (psql)"
+	MethodWarmConc  = "REFRESH CONCURRENTLY (warm session)"
+	MethodDaemon    = "refresherd (SIGUSR1)"
+)
+
+// Systems (FreshRow.System).
+const (
+	SystemRefresherd = "refresherd"
+	SystemPgCron     = "pg_cron"
+)

@@ -1,0 +1,204 @@
+// Package bench holds the benchmark harness (cmd/bench, internal/...) and
+// its smoke test, which runs the quick profile end to end and checks that
+// the report is complete. It asserts nothing about the figures: they
+// depend on the machine.
+package bench
+
+import (
+	"context"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/refresherd/refresherd/bench/internal/harness"
+	"github.com/refresherd/refresherd/bench/internal/results"
+)
+
+// TestQuickBenchSmoke runs `bench -size quick` in-process (about two
+// minutes: a throwaway PostgreSQL, the daemon built from the tree, pgbench,
+// pg_cron) when REFRESHERD_BENCH_SMOKE=1. REFRESHERD_BENCH_OUT keeps the
+// results in that folder instead of a temp dir.
+func TestQuickBenchSmoke(t *testing.T) {
+	if os.Getenv("REFRESHERD_BENCH_SMOKE") != "1" {
+		t.Skip("set REFRESHERD_BENCH_SMOKE=1 to run the quick benchmark (about 2 minutes)")
+	}
+	out := os.Getenv("REFRESHERD_BENCH_OUT")
+	if out == "" {
+		out = t.TempDir()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	run, err := harness.Run(ctx, harness.Options{
+		Profile:     "quick",
+		Out:         out,
+		CommandLine: "go test ./bench -run TestQuickBenchSmoke (REFRESHERD_BENCH_SMOKE=1)",
+		Logf:        t.Logf,
+	})
+	if err != nil {
+		t.Fatalf("quick benchmark: %v", err)
+	}
+	for _, p := range run.Problems {
+		t.Errorf("problem reported: %s", p)
+	}
+	checkResults(t, run)
+
+	md, err := os.ReadFile(filepath.Join(out, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := string(md)
+	for _, h := range []string{"## Findings", "## 1. Freshness lag", "## 2. Refresh cost", "## 3. Reader impact", "## 4. Writer impact", "## 5. Idle and footprint"} {
+		if !strings.Contains(report, "\n"+h+"\n") {
+			t.Errorf("report has no section %q", h)
+		}
+	}
+	checkTables(t, report)
+	for _, name := range []string{"freshness_lag_100k.png", "refresh_duration.png", "reader_latency.png", "writer_tps.png"} {
+		checkPNG(t, filepath.Join(out, name))
+		if !strings.Contains(report, "]("+name+")") {
+			t.Errorf("report does not show %s", name)
+		}
+	}
+}
+
+// checkResults checks that every measurement produced samples.
+func checkResults(t *testing.T, run *results.Run) {
+	t.Helper()
+	if len(run.Sizes) != 1 {
+		t.Fatalf("%d sizes, want 1", len(run.Sizes))
+	}
+	s := run.Sizes[0]
+	if len(s.Cost) != 5 {
+		t.Errorf("%d refresh-cost methods, want 5", len(s.Cost))
+	}
+	for _, c := range s.Cost {
+		if c.Summary.N == 0 {
+			t.Errorf("refresh cost %s: no sample", c.Method)
+		}
+	}
+	if len(s.Reader) != 4 {
+		t.Errorf("%d reader conditions, want 4", len(s.Reader))
+	}
+	for _, r := range s.Reader {
+		if r.Summary.N == 0 {
+			t.Errorf("reader condition %s: no sample", r.Condition)
+		}
+	}
+	seen := map[string]int{}
+	for _, f := range s.Freshness {
+		seen[f.System]++
+		if f.Summary.N == 0 || f.Unseen != 0 {
+			t.Errorf("freshness %s at %g/s: %d lags, %d unseen", f.System, f.TargetRate, f.Summary.N, f.Unseen)
+		}
+		if f.ClaimChecks && f.Violations != 0 {
+			t.Errorf("freshness %s at %g/s: refresherd.data_as_of contradicted by the content %d times", f.System, f.TargetRate, f.Violations)
+		}
+		if strings.HasPrefix(f.Verified, "MISMATCH") || strings.HasPrefix(f.Verified, "not checked") {
+			t.Errorf("freshness %s at %g/s: %s", f.System, f.TargetRate, f.Verified)
+		}
+	}
+	if seen[results.SystemRefresherd] != 2 || seen[results.SystemPgCron] != 2 {
+		t.Errorf("freshness runs by system: %v, want 2 each", seen)
+	}
+	if run.Writer == nil {
+		t.Fatal("no writer results")
+	}
+	for _, m := range run.Writer.Modes {
+		if !m.Available {
+			t.Logf("mode %s not available in this build: %s", m.Mode, m.Unavailable)
+			continue
+		}
+		for _, c := range run.Writer.Clients {
+			if len(m.TPS[c]) == 0 || m.Median[c] <= 0 {
+				t.Errorf("writer mode %s, %d clients: no TPS", m.Mode, c)
+			}
+		}
+	}
+	if run.Idle == nil || run.Idle.Seconds <= 0 || run.Idle.RSSBytes <= 0 {
+		t.Errorf("idle section incomplete: %+v", run.Idle)
+	}
+}
+
+// checkTables checks every Markdown table: a header, a separator, at least
+// one row, as many cells in each row as in the header, and no empty cell
+// or missing figure ("n/a") in the rows.
+func checkTables(t *testing.T, md string) {
+	t.Helper()
+	lines := strings.Split(md, "\n")
+	tables := 0
+	for i := 0; i < len(lines); {
+		if !strings.HasPrefix(lines[i], "|") {
+			i++
+			continue
+		}
+		start := i
+		for i < len(lines) && strings.HasPrefix(lines[i], "|") {
+			i++
+		}
+		tables++
+		block := lines[start:i]
+		if len(block) < 3 {
+			t.Errorf("table at line %d has no rows:\n%s", start+1, strings.Join(block, "\n"))
+			continue
+		}
+		width := len(cells(block[0]))
+		for j, row := range block[2:] {
+			cs := cells(row)
+			if len(cs) != width {
+				t.Errorf("line %d: %d cells, header has %d: %s", start+3+j, len(cs), width, row)
+			}
+			for _, c := range cs {
+				if c == "" || c == "n/a" || strings.Contains(c, "NaN") {
+					t.Errorf("line %d: empty or missing cell %q: %s", start+3+j, c, row)
+					break
+				}
+			}
+		}
+	}
+	if tables < 7 {
+		t.Errorf("report has %d tables, want at least 7", tables)
+	}
+}
+
+// cells splits a Markdown table row, honouring escaped pipes.
+func cells(row string) []string {
+	row = strings.TrimSpace(row)
+	row = strings.TrimPrefix(row, "|")
+	row = strings.TrimSuffix(row, "|")
+	var out []string
+	var cur strings.Builder
+	for i := 0; i < len(row); i++ {
+		switch {
+		case row[i] == '\\' && i+1 < len(row) && row[i+1] == '|':
+			cur.WriteByte('|')
+			i++
+		case row[i] == '|':
+			out = append(out, strings.TrimSpace(cur.String()))
+			cur.Reset()
+		default:
+			cur.WriteByte(row[i])
+		}
+	}
+	return append(out, strings.TrimSpace(cur.String()))
+}
+
+func checkPNG(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Errorf("%s: %v", path, err)
+		return
+	}
+	if b := img.Bounds(); b.Dx() < 100 || b.Dy() < 100 {
+		t.Errorf("%s: %dx%d, too small", path, b.Dx(), b.Dy())
+	}
+}
