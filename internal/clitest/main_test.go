@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,24 +29,13 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // trusts local connections, so any password works); no output may show it.
 const secret = "Sup3rSecretPw"
 
-// binary builds refresherd once per test binary.
-var binary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "refresherd-clitest-bin-")
-	if err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	return daemontest.Build(ctx, dir)
-})
+// bin is refresherd built once for this test binary; the tests run it as
+// users do, as a separate process.
+var bin daemontest.Binary
 
 func mustBinary(t *testing.T) string {
 	t.Helper()
-	bin, err := binary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
+	return bin.Path(t)
 }
 
 // result is one finished command.

@@ -358,3 +358,35 @@ func Eventually(ctx context.Context, interval time.Duration, cond func() error) 
 		}
 	}
 }
+
+// Binary builds refresherd at most once per test process, for test packages
+// that run it as a separate process: declare `var bin daemontest.Binary` and
+// call bin.Path(t).
+type Binary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Path builds the binary on first use (into a temporary directory) and
+// returns its path; a build failure fails t.
+func (b *Binary) Path(t interface {
+	Helper()
+	Fatal(...any)
+}) string {
+	t.Helper()
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "refresherd-test-bin-")
+		if err != nil {
+			b.err = fmt.Errorf("build refresherd: %w", err)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		b.path, b.err = Build(ctx, dir)
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,25 +19,13 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// binary builds refresherd once per test binary.
-var binary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "refresherd-e2e-bin-")
-	if err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	return daemontest.Build(ctx, dir)
-})
+// bin is refresherd built once for this test binary; the tests run it as
+// users do, as a separate process.
+var bin daemontest.Binary
 
 func mustBinary(t *testing.T) string {
 	t.Helper()
-	bin, err := binary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {}) // the binary's dir is left for the process lifetime; it is small
-	return bin
+	return bin.Path(t)
 }
 
 // demoDB creates a database with the Django tables and n charges.

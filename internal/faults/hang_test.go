@@ -1,11 +1,7 @@
 package faults
 
 import (
-	"bytes"
 	"net/http"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -41,7 +37,11 @@ func TestDatabaseHung(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopped = append(stopped, postmaster)
-	for _, pid := range childrenOf(postmaster) {
+	children, err := e.cluster.ChildPIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range children {
 		if err := syscall.Kill(pid, syscall.SIGSTOP); err == nil {
 			stopped = append(stopped, pid)
 		}
@@ -107,33 +107,4 @@ func TestDatabaseHung(t *testing.T) {
 	if p.Exited() {
 		t.Fatal("daemon exited")
 	}
-}
-
-// childrenOf lists the processes whose parent is pid, from /proc.
-func childrenOf(pid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var kids []int
-	for _, ent := range entries {
-		child, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// "pid (comm) state ppid ...": comm may hold spaces and ')'.
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		fields := strings.Fields(string(stat[i+1:]))
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
-			kids = append(kids, child)
-		}
-	}
-	return kids
 }

@@ -25,25 +25,13 @@ import (
 // view is the summary every test checks with demodata.Diff.
 const view = "public.app_chargesummary"
 
-// binary builds refresherd once per test binary; the tests run it as users
-// do, as a separate process.
-var binary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "refresherd-faults-bin-")
-	if err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	return daemontest.Build(ctx, dir)
-})
+// bin is refresherd built once for this test binary; the tests run it as
+// users do, as a separate process.
+var bin daemontest.Binary
 
 func mustBinary(t *testing.T) string {
 	t.Helper()
-	bin, err := binary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
+	return bin.Path(t)
 }
 
 // env is one test's world: a private cluster (so the test may stop, hang or

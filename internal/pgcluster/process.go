@@ -65,6 +65,16 @@ func waitGone(pid int, d time.Duration) bool {
 	}
 }
 
+// ChildPIDs lists the postmaster's current children (backends and auxiliary
+// processes), best effort from /proc: fault tests stop or kill them.
+func (c *Cluster) ChildPIDs() ([]int, error) {
+	pid, err := c.PostmasterPID()
+	if err != nil {
+		return nil, err
+	}
+	return childrenOf(pid), nil
+}
+
 // childrenOf lists the current children of pid from /proc (best effort).
 func childrenOf(pid int) []int {
 	entries, err := os.ReadDir("/proc")
