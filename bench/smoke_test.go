@@ -6,9 +6,11 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"image/png"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -50,7 +52,7 @@ func TestQuickBenchSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	report := string(md)
-	for _, h := range []string{"## Findings", "## 1. Freshness lag", "## 2. Refresh cost", "## 3. Reader impact", "## 4. Writer impact", "## 5. Idle and footprint"} {
+	for _, h := range []string{"## Findings", "## 1. Freshness lag", "## 2. Refresh cost", "## 3. Reader impact", "## 4. Writer impact", "## 5. Change detection", "## 6. Idle and footprint"} {
 		if !strings.Contains(report, "\n"+h+"\n") {
 			t.Errorf("report has no section %q", h)
 		}
@@ -117,8 +119,56 @@ func checkResults(t *testing.T, run *results.Run) {
 			}
 		}
 	}
+	checkDetect(t, run)
 	if run.Idle == nil || run.Idle.Seconds <= 0 || run.Idle.RSSBytes <= 0 {
 		t.Errorf("idle section incomplete: %+v", run.Idle)
+	}
+}
+
+// checkDetect checks the change-detection section: every mode but none,
+// isolated probes and one sustained rate each (quick mode), with delays,
+// no commit left undetected or unseen, and the view equal to the aggregate.
+func checkDetect(t *testing.T, run *results.Run) {
+	t.Helper()
+	d := run.Detect
+	if d == nil {
+		t.Error("no change-detection results")
+		return
+	}
+	if d.ScrapeMedian <= 0 {
+		t.Errorf("change detection: read interval not measured")
+	}
+	var modes []string
+	for _, m := range d.Modes {
+		modes = append(modes, m.Mode)
+		if !m.Available {
+			t.Logf("change detection: mode %s not available in this build: %s", m.Mode, m.Unavailable)
+			continue
+		}
+		if len(m.Rows) != 2 {
+			t.Errorf("change detection, mode %s: %d rows, want 2 (probes and one rate)", m.Mode, len(m.Rows))
+		}
+		for _, r := range m.Rows {
+			where := fmt.Sprintf("mode %s, rate %g (0: probes)", m.Mode, r.Rate)
+			if r.Delay.N == 0 || r.Undetected != 0 {
+				t.Errorf("change detection, %s: %d delays, %d undetected", where, r.Delay.N, r.Undetected)
+			}
+			if r.Rate == 0 {
+				continue
+			}
+			if r.Fresh.N == 0 || r.Unseen != 0 {
+				t.Errorf("change detection, %s: %d lags, %d unseen", where, r.Fresh.N, r.Unseen)
+			}
+			if r.ClaimChecks && r.Violations != 0 {
+				t.Errorf("change detection, %s: refresherd.data_as_of contradicted by the content %d times", where, r.Violations)
+			}
+		}
+		if m.Verified != "view = aggregate" {
+			t.Errorf("change detection, mode %s: content check: %s", m.Mode, m.Verified)
+		}
+	}
+	if want := []string{"notify", "changelog", "stats"}; !slices.Equal(modes, want) {
+		t.Errorf("change detection modes %v, want %v", modes, want)
 	}
 }
 
@@ -158,8 +208,8 @@ func checkTables(t *testing.T, md string) {
 			}
 		}
 	}
-	if tables < 7 {
-		t.Errorf("report has %d tables, want at least 7", tables)
+	if tables < 8 {
+		t.Errorf("report has %d tables, want at least 8", tables)
 	}
 }
 

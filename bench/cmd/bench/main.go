@@ -34,7 +34,7 @@ func run(args []string) int {
 	size := fs.String("size", "quick", "profile: quick (CI smoke, one small size, < 2 min) or full (100k, 1M, 10M or 5M)")
 	out := fs.String("out", "", "results folder (default bench/results/<size>)")
 	sizes := fs.String("sizes", "", "override the data sizes, e.g. 100k,1m,auto (auto: 10M if the 1M figures project it fits, else 5M)")
-	modes := fs.String("modes", "none,notify,changelog,stats", "change_detection modes for the writer test; none is the no-trigger baseline")
+	modes := fs.String("modes", "none,notify,changelog,stats", "change_detection modes for the writer test (none is the no-trigger baseline) and, but none, the detection test")
 	writerSize := fs.String("writer-size", "", "data size the writer test runs at (default 100k quick, 1M full)")
 	freshWindow := fs.Duration("fresh-window", 0, "measured window of each refresherd freshness run (default 8s quick, 60s full)")
 	cronMinutes := fs.Int("cron-minutes", 0, "full mode: pg_cron minutes measured per rate (default 3)")
@@ -42,8 +42,10 @@ func run(args []string) int {
 	writerRounds := fs.Int("writer-rounds", 0, "pgbench rounds per mode and client count (default 1 quick, 3 full)")
 	costRounds := fs.Int("cost-rounds", 0, "refreshes per method in the cost test (default 3 quick, 5 full)")
 	idle := fs.Duration("idle", 0, "full mode: idle period (default 60s; quick mode idles during pg_cron's run)")
-	rates := fs.String("rates", "50,500", "freshness write rates, commits per second")
-	skip := fs.String("skip", "", "sections not to run, for working on the harness: cost,reader,fresh,cron,writer,idle")
+	rates := fs.String("rates", "50,500", "freshness and detection write rates, commits per second (quick mode's detection test uses the first)")
+	detectWindow := fs.Duration("detect-window", 0, "sustained writes per mode and rate in the detection test (default 2s quick, 30s full)")
+	detectProbes := fs.Int("detect-probes", 0, "isolated probe commits per mode in the detection test (default 4 quick, 50 full)")
+	skip := fs.String("skip", "", "sections not to run, for working on the harness: cost,reader,fresh,cron,writer,detect,idle")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -57,6 +59,8 @@ func run(args []string) int {
 		WriterRounds:   *writerRounds,
 		CostRounds:     *costRounds,
 		Idle:           *idle,
+		DetectWindow:   *detectWindow,
+		DetectProbes:   *detectProbes,
 		Logf:           log.Printf,
 	}
 	if o.Out == "" {

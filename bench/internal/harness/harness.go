@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -281,6 +282,7 @@ type sizeEnv struct {
 	d        *daemon
 	cronDBs  []string
 	writerDB string
+	detectDB string
 	refresh  float64 // refresherd's median refresh time here (0 until measured)
 	last     bool    // the last size of the run
 }
@@ -347,6 +349,10 @@ func (s *sizeEnv) setup(ctx context.Context) error {
 	if s.size.Charges == s.o.WriterSize {
 		s.writerDB = "writer_" + label
 		copies = append(copies, s.writerDB)
+		if !slices.Contains(s.o.Skip, "detect") {
+			s.detectDB = "detect_" + label
+			copies = append(copies, s.detectDB)
+		}
 	}
 	t0 = time.Now()
 	for _, c := range copies {
@@ -449,7 +455,7 @@ func (s *sizeEnv) teardown(ctx context.Context) {
 	} else {
 		drop(s.db)
 	}
-	for _, db := range append(slices.Clone(s.cronDBs), s.writerDB) {
+	for _, db := range append(slices.Clone(s.cronDBs), s.writerDB, s.detectDB) {
 		if db != "" {
 			drop(db)
 		}
@@ -467,31 +473,47 @@ func (s *sizeEnv) sections(ctx context.Context) error {
 			steps = append(steps, st...)
 		}
 	}
-	add("cost", step{"refresh cost", s.costSection})
-	add("reader", step{"reader impact", s.readerSection})
+	add("cost", step{"refresh cost", s.costSection, nil})
+	add("reader", step{"reader impact", s.readerSection, func() time.Duration {
+		r := s.refreshEstimate()
+		return 2*s.o.ReaderIdle + time.Duration(s.o.ReaderRefreshes)*2*(300*time.Millisecond+r) + 2*time.Second
+	}})
 	// The writer test's daemons finish stopping in the background during
 	// the freshness runs.
 	if s.writerDB != "" {
 		add("writer", s.writerSteps()...)
 	}
 	for _, r := range s.o.Rates {
-		add("fresh", step{fmt.Sprintf("freshness at %g/s (refresherd)", r), func(ctx context.Context) error { return s.freshRefresherd(ctx, r) }})
+		add("fresh", step{fmt.Sprintf("freshness at %g/s (refresherd)", r), func(ctx context.Context) error { return s.freshRefresherd(ctx, r) },
+			func() time.Duration {
+				// Under sustained writes the first refresh comes max_delay
+				// after the first change; writes go on until it shows.
+				return max(s.o.FreshWindow, s.view.MaxDelay) + 3*s.refreshEstimate() + 2*time.Second
+			}})
+	}
+	if s.detectDB != "" {
+		add("detect", s.detectSteps()...)
 	}
 	if !s.o.Quick() {
 		if s.cronOK {
 			for _, r := range s.o.Rates {
-				add("cron", step{fmt.Sprintf("freshness at %g/s (pg_cron)", r), func(ctx context.Context) error { return s.cronFull(ctx, r) }})
+				add("cron", step{fmt.Sprintf("freshness at %g/s (pg_cron)", r), func(ctx context.Context) error { return s.cronFull(ctx, r) }, nil})
 			}
 		}
 		if s.last {
-			add("idle", step{"idle and footprint", func(ctx context.Context) error { return s.idleSection(ctx, s.o.Idle, nil) }})
+			add("idle", step{"idle and footprint", func(ctx context.Context) error { return s.idleSection(ctx, s.o.Idle, nil) }, nil})
 		}
 	}
 	quickCronDone := !s.o.Quick() || slices.Contains(s.o.Skip, "cron") && slices.Contains(s.o.Skip, "idle")
 	for _, st := range steps {
 		if !quickCronDone {
+			// The tick is taken at the first step boundary that leaves
+			// between CronMinWindow and CronMaxWindow before it, unless the
+			// next step, by a generous estimate, ends before the tick with
+			// CronMinWindow still to go: the sample then waits less.
 			until := time.Until(nextMinute(time.Now()))
-			if until >= s.o.CronMinWindow && until <= s.o.CronMaxWindow {
+			later := st.est != nil && until-st.est() >= s.o.CronMinWindow
+			if until >= s.o.CronMinWindow && until <= s.o.CronMaxWindow && !later {
 				if err := s.quickCronAndIdle(ctx); err != nil {
 					return err
 				}
@@ -514,6 +536,19 @@ func (s *sizeEnv) sections(ctx context.Context) error {
 type step struct {
 	name string
 	run  func(context.Context) error
+	// est, when set, estimates how long the step takes (with some room),
+	// for placing quick mode's pg_cron tick; nil when unknown. A step that
+	// overruns its estimate may make the tick wait a minute more.
+	est func() time.Duration
+}
+
+// refreshEstimate is refresherd's median refresh time at this size, for
+// step estimates: 5 s until the refresh-cost section has measured it.
+func (s *sizeEnv) refreshEstimate() time.Duration {
+	if s.refresh <= 0 || math.IsNaN(s.refresh) {
+		return 5 * time.Second
+	}
+	return time.Duration(s.refresh * float64(time.Second))
 }
 
 // nextMinute is the next minute boundary after t: when pg_cron's

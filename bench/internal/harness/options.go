@@ -22,9 +22,9 @@ type Options struct {
 	// (full mode's last size).
 	Sizes []int
 	// Modes are the change_detection values for the writer test, "none"
-	// being the no-trigger baseline.
+	// being the no-trigger baseline, and (but none) for the detection test.
 	Modes []string
-	// WriterSize is the size (charges) the writer test runs at.
+	// WriterSize is the size (charges) the writer and detection tests run at.
 	WriterSize int
 
 	CostRounds      int           // refreshes per method
@@ -41,11 +41,16 @@ type Options struct {
 	WriterRounds    int
 	WriterClients   []int
 	Idle            time.Duration // full mode; quick mode idles during pg_cron's run
+	DetectRates     []float64     // detection test write rates (default: Rates; quick: the first)
+	DetectWindow    time.Duration // sustained writes per mode and rate
+	DetectProbes    int           // isolated probe commits per mode
+	DetectScrape    time.Duration // interval between two reads of the daemon's /status
 	Max10MLoad      time.Duration // full mode: 10M only if its projected load time fits
 	Max10MRefresh   time.Duration // ... and its projected CONCURRENTLY refresh fits pg_cron's minute
 
 	// Skip names sections not to run (cost, reader, fresh, cron, writer,
-	// idle), for working on the harness; the report shows them as not run.
+	// detect, idle), for working on the harness; the report shows them as
+	// not run.
 	Skip []string
 
 	Logf func(string, ...any)
@@ -117,6 +122,15 @@ func (o *Options) ApplyProfile() error {
 		o.WriterClients = []int{1, 8, 32}
 	}
 	setD(&o.Idle, pick(0, 60*time.Second))
+	if len(o.DetectRates) == 0 {
+		o.DetectRates = o.Rates
+		if quick {
+			o.DetectRates = o.Rates[:1]
+		}
+	}
+	setD(&o.DetectWindow, pick(2*time.Second, 30*time.Second))
+	setI(&o.DetectProbes, pickInt(4, 50))
+	setD(&o.DetectScrape, 10*time.Millisecond)
 	setD(&o.Max10MLoad, 15*time.Minute)
 	setD(&o.Max10MRefresh, 45*time.Second)
 	if o.Logf == nil {

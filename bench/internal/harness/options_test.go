@@ -3,6 +3,7 @@ package harness
 import (
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestParseSizes(t *testing.T) {
@@ -38,5 +39,24 @@ func TestApplyProfileWriterSize(t *testing.T) {
 	}
 	if err := (&Options{Profile: "huge"}).ApplyProfile(); err == nil {
 		t.Error("unknown profile accepted")
+	}
+}
+
+func TestApplyProfileDetect(t *testing.T) {
+	q := Options{Profile: "quick", Rates: []float64{50, 500}}
+	f := Options{Profile: "full", Rates: []float64{50, 500}}
+	for _, o := range []*Options{&q, &f} {
+		if err := o.ApplyProfile(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(q.DetectRates, []float64{50}) || !slices.Equal(f.DetectRates, []float64{50, 500}) {
+		t.Errorf("detection rates: quick %v, full %v; want [50] and [50 500]", q.DetectRates, f.DetectRates)
+	}
+	if q.DetectProbes >= f.DetectProbes || q.DetectWindow >= f.DetectWindow || q.DetectScrape <= 0 {
+		t.Errorf("quick detection test not smaller than full: %+v vs %+v", q, f)
+	}
+	if tail := detectTail(200 * time.Millisecond); tail >= q.DetectWindow {
+		t.Errorf("quick window %s leaves no commit for detection after the %s tail", q.DetectWindow, tail)
 	}
 }

@@ -335,6 +335,8 @@ type trackSpec struct {
 	stopAtEnd  bool          // stop writing at end instead of when all are seen
 	statusView string        // refresherd's view for claim checks; "" for pg_cron
 	wait       time.Duration // after end, how long commits may take to be seen
+	// onCommit, when set, is also told of every acknowledged insert.
+	onCommit func(id int64, at time.Time)
 }
 
 type trackOut struct {
@@ -371,6 +373,12 @@ func (s *sizeEnv) track(ctx context.Context, sp trackSpec) (trackOut, error) {
 	w := demodata.NewWriter(pool, s.size, int64(sp.rate)+s.size.Seed, s.logf)
 	w.Concurrency = conc
 	w.OnCommit = tr.Commit
+	if sp.onCommit != nil {
+		w.OnCommit = func(id int64, at time.Time) {
+			tr.Commit(id, at)
+			sp.onCommit(id, at)
+		}
+	}
 
 	tctx, tcancel := context.WithCancel(ctx)
 	trDone := make(chan error, 1)
@@ -701,6 +709,7 @@ func (s *sizeEnv) writerSteps() []step {
 	for i, m := range s.o.Modes {
 		modes[i] = &results.WriterMode{Mode: m, Available: true, TPS: map[int][]float64{}, Median: map[int]float64{}}
 	}
+	warmUp := max(time.Second, s.o.WriterDuration/3)
 	steps := []step{{"writer impact: pgbench script and warm-up", func(ctx context.Context) error {
 		script := filepath.Join(s.work, "insert_charge.sql")
 		if err := os.WriteFile(script, []byte(wr.Script), 0o644); err != nil {
@@ -708,12 +717,16 @@ func (s *sizeEnv) writerSteps() []step {
 		}
 		// The copy starts cold (not in shared buffers): warm it up untimed so
 		// the first mode measured does not pay for it.
-		warm := pgtools.Pgbench{DB: s.writerDB, Script: script, Clients: 8, Duration: max(time.Second, s.o.WriterDuration/3)}
+		warm := pgtools.Pgbench{DB: s.writerDB, Script: script, Clients: 8, Duration: warmUp}
 		if _, err := warm.Run(ctx, s.srv); err != nil {
 			return fmt.Errorf("writer impact: warm-up: %w", err)
 		}
 		return nil
-	}}}
+	}, func() time.Duration { return warmUp + 2*time.Second }}}
+	modeEst := func() time.Duration {
+		// pgbench per client count, the daemon's start-up refresh and stop.
+		return time.Duration(len(s.o.WriterClients))*(s.o.WriterDuration+500*time.Millisecond) + 3*s.refreshEstimate() + time.Second
+	}
 	for r := 0; r < s.o.WriterRounds; r++ {
 		for i := range modes {
 			m := modes[(i+r)%len(modes)]
@@ -725,7 +738,7 @@ func (s *sizeEnv) writerSteps() []step {
 					return fmt.Errorf("writer impact, mode %s: %w", m.Mode, err)
 				}
 				return nil
-			}})
+			}, modeEst})
 		}
 	}
 	return append(steps, step{"writer impact: summary", func(context.Context) error {
@@ -737,7 +750,7 @@ func (s *sizeEnv) writerSteps() []step {
 		}
 		s.run.Writer = wr
 		return nil
-	}})
+	}, func() time.Duration { return 0 }})
 }
 
 func (s *sizeEnv) writerMode(ctx context.Context, m *results.WriterMode) error {
@@ -770,7 +783,7 @@ func (s *sizeEnv) writerMode(ctx context.Context, m *results.WriterMode) error {
 			s.problem("writer test, mode %s: %v", m.Mode, err)
 		}
 		s.reap(d, t0, "writer test daemon, mode "+m.Mode, nil)
-		if err := s.waitLeaderLockFree(ctx); err != nil {
+		if err := s.waitLeaderLockFree(ctx, s.writerDB); err != nil {
 			s.problem("writer test, mode %s: %v", m.Mode, err)
 		}
 	}()
@@ -802,10 +815,11 @@ func (s *sizeEnv) writerMode(ctx context.Context, m *results.WriterMode) error {
 	return nil
 }
 
-// waitLeaderLockFree waits until no session holds an advisory lock in the
-// writer database: the stopping daemon has unlocked its leader lock.
-func (s *sizeEnv) waitLeaderLockFree(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, s.cluster.URL(s.writerDB))
+// waitLeaderLockFree waits until no session holds an advisory lock in db
+// (the writer or detection test's copy): the stopping daemon has unlocked
+// its leader lock.
+func (s *sizeEnv) waitLeaderLockFree(ctx context.Context, db string) error {
+	conn, err := pgx.Connect(ctx, s.cluster.URL(db))
 	if err != nil {
 		return fmt.Errorf("wait for the leader lock: %w", err)
 	}

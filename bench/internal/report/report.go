@@ -67,6 +67,7 @@ func Markdown(run *results.Run, plots map[string][]string) string {
 	writeCost(&b, run, plots["cost"])
 	writeReader(&b, run, plots["reader"])
 	writeWriter(&b, run, plots["writer"])
+	writeDetect(&b, run)
 	writeIdle(&b, run)
 	if len(run.Notes) > 0 {
 		p("## Notes\n\n")
@@ -381,7 +382,7 @@ func baseMode(w *results.Writer) *results.WriterMode {
 }
 
 func writeIdle(b *strings.Builder, run *results.Run) {
-	fmt.Fprintf(b, "## 5. Idle and footprint\n\n")
+	fmt.Fprintf(b, "## 6. Idle and footprint\n\n")
 	id := run.Idle
 	if id == nil {
 		fmt.Fprintf(b, "Not run.\n\n")
@@ -597,6 +598,7 @@ func Findings(run *results.Run) []string {
 			out = append(out, line)
 		}
 	}
+	out = append(out, detectFindings(run)...)
 	if st := stopSummary(run.Stops); st.N > 0 {
 		line := fmt.Sprintf("Shutdown: SIGTERM to exit of a settled daemon took median %s, max %s over %d stops", secs(st.Median), secs(st.Max), st.N)
 		if st.Median >= 1 {

@@ -83,3 +83,84 @@ func TestMarkdownMarksUnavailableModes(t *testing.T) {
 		t.Errorf("unavailable mode not shown:\n%s", md)
 	}
 }
+
+// detectRun has changelog missing both its targets and stats meeting them.
+func detectRun() *results.Run {
+	sum := func(xs ...float64) stats.Summary { return stats.Summarize(xs) }
+	row := func(rate float64, delays ...float64) results.DetectRow {
+		r := results.DetectRow{Rate: rate, Delays: delays, Delay: sum(delays...)}
+		if rate > 0 {
+			r.Achieved, r.Fresh, r.ClaimChecks = rate, sum(1, 2), true
+		}
+		return r
+	}
+	return &results.Run{
+		Profile: "quick",
+		Writer: &results.Writer{SizeLabel: "100k", Rounds: 3, Duration: 30 * time.Second, Clients: []int{1, 8, 32}, Modes: []results.WriterMode{
+			{Mode: "none", Available: true, Median: map[int]float64{1: 1000, 8: 4000, 32: 4000}},
+			{Mode: "changelog", Available: true, Median: map[int]float64{1: 990, 8: 3200, 32: 3600}},
+			{Mode: "stats", Available: true, Median: map[int]float64{1: 1000, 8: 3990, 32: 4100}},
+		}},
+		Detect: &results.Detect{
+			SizeLabel: "100k", PollInterval: 200 * time.Millisecond, Debounce: time.Second, MaxDelay: 10 * time.Second,
+			Scrape: 10 * time.Millisecond, ScrapeMedian: 11 * time.Millisecond, Window: 3 * time.Second, Tail: 1400 * time.Millisecond, Probes: 2,
+			Modes: []results.DetectMode{
+				{Mode: "notify", Available: true, Rows: []results.DetectRow{row(0, 0.001, 0.003), row(50, 0.01, 0.03)}, Verified: "view = aggregate"},
+				{Mode: "changelog", Available: true, Rows: []results.DetectRow{row(0, 0.1, 0.2), row(50, 0.2, 0.5)}, Verified: "view = aggregate"},
+				{Mode: "stats", Available: true, Rows: []results.DetectRow{row(0, 0.1, 0.2), row(50, 0.5, 1.1)}, Verified: "view = aggregate"},
+			},
+		},
+	}
+}
+
+func TestDetectFindingsStateTargets(t *testing.T) {
+	text := strings.Join(Findings(detectRun()), "\n")
+	for _, want := range []string{
+		"Change detection (notify, 100k): detection delay median 2 ms, p99 3 ms for isolated commits; median 20 ms, p99 30 ms at 50 commits/s",
+		"no detection target is set for notify",
+		"it MISSES the detection target p99 <= poll_interval + 100 ms (300 ms) at 50 commits/s (p99 500 ms)",
+		"keeps 80.0% at 8 clients (3200 vs 4000 TPS), 90.0% at 32 clients (3600 vs 4000 TPS) in the writer section (100k, median of 3 round(s) of 30s): it MISSES the target at 8 clients.",
+		"detection target p99 <= the documented bound, statistics flush delay 10 s + poll_interval (10.20 s) met for isolated commits, at 50 commits/s",
+		"Writer target for stats (issue 6: keep >= 98% of the no-trigger TPS at 8 and 32 clients): keeps 99.8% at 8 clients",
+		"target met.",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("findings lack %q:\n%s", want, text)
+		}
+	}
+	if n := strings.Count(text, "Writer target for"); n != 2 {
+		t.Errorf("%d writer target sentences in the findings, want 2:\n%s", n, text)
+	}
+}
+
+func TestDetectSectionTable(t *testing.T) {
+	run := detectRun()
+	run.Detect.Modes = append(run.Detect.Modes, results.DetectMode{Mode: "bogus", Unavailable: "unknown mode"})
+	md := Markdown(run, nil)
+	i := strings.Index(md, "## 5. Change detection\n")
+	if i < 0 {
+		t.Fatalf("no change-detection section:\n%s", md)
+	}
+	sec := md[i:]
+	sec = sec[:strings.Index(sec, "## 6.")]
+	var rows []string
+	for _, l := range strings.Split(sec, "\n") {
+		if strings.HasPrefix(l, "|") {
+			rows = append(rows, l)
+		}
+	}
+	if len(rows) != 2+6+1 {
+		t.Fatalf("%d table lines, want 9:\n%s", len(rows), sec)
+	}
+	width := strings.Count(rows[0], "|")
+	for _, r := range rows {
+		if strings.Count(r, "|") != width {
+			t.Errorf("%d cells, header has %d: %s", strings.Count(r, "|")-1, width-1, r)
+		}
+	}
+	for _, want := range []string{"| changelog | 50/s (achieved 50.0/s) | 2 | 350 ms | 500 ms | 500 ms | 0 / 0 | p99 <= 300 ms (poll_interval + 100 ms) | MISSED |", "| bogus | not available in this build: unknown mode |"} {
+		if !strings.Contains(sec, want) {
+			t.Errorf("section lacks %q:\n%s", want, sec)
+		}
+	}
+}

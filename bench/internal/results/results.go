@@ -26,6 +26,7 @@ type Run struct {
 	SizeChoice  string // why the largest size is what it is (full mode)
 	Sizes       []*Size
 	Writer      *Writer // nil when not run
+	Detect      *Detect // nil when not run
 	Idle        *Idle
 	Stops       []Stop    // daemons stopped with SIGTERM
 	LoadAvg     []float64 // 1-minute load average at each step's start
@@ -128,6 +129,61 @@ type WriterMode struct {
 	Median      map[int]float64
 	Refreshes   int // refreshes during the pgbench runs (should be 0)
 	ConfigDiff  string
+}
+
+// Detect is the change-detection section: per change_detection mode, the
+// delay from a commit to the daemon recording a change after it, and the
+// freshness lag, under sustained writes and for isolated commits.
+type Detect struct {
+	SizeLabel    string
+	PollInterval time.Duration // the shipped poll_interval (changelog and stats)
+	Debounce     time.Duration
+	MaxDelay     time.Duration
+	Scrape       time.Duration // asked interval between two reads of /status
+	ScrapeMedian time.Duration // measured: the resolution of the delays
+	Window       time.Duration // sustained writes: freshness window
+	Tail         time.Duration // commits of the window's last Tail are not used for detection
+	StopAtEnd    bool          // writes stop at the window's end (quick) instead of going on until all are visible
+	StatsGrace   time.Duration // stats: reads go on this long after the writers' connections closed
+	Probes       int           // isolated probes asked per mode
+	Modes        []DetectMode
+}
+
+// DetectMode is one change_detection mode.
+type DetectMode struct {
+	Mode        string
+	Available   bool
+	Unavailable string // the daemon's message when it rejected the mode
+	ConfigDiff  string
+	ProbeQuiet  time.Duration // no change event for this long before each probe
+	Rows        []DetectRow
+	Verified    string // content check after the mode's last run
+}
+
+// DetectRow is one run of a mode: sustained writes at Rate, or isolated
+// probes (Rate 0).
+type DetectRow struct {
+	Rate     float64 // commits/s; 0: isolated probes
+	Achieved float64 // in-window commits per second (sustained)
+	Window   time.Duration
+	// Detection delays (seconds) of the commits used for detection, and
+	// how many of them no change event followed before the harness stopped
+	// reading.
+	Delays     []float64
+	Delay      stats.Summary
+	Undetected int
+	Discarded  int // probes dropped: a refresh started in the interval that would show their event
+	// Freshness lags (seconds), sustained rows only.
+	Lags        []float64
+	Fresh       stats.Summary
+	Unseen      int
+	Violations  int
+	ClaimChecks bool
+	Refreshes   int
+	RefreshMean float64
+	DaemonCPU   float64 // CPU seconds per second of run
+	Inserts     int64
+	Command     string
 }
 
 // Idle is the idle and footprint section.
