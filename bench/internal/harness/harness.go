@@ -509,7 +509,7 @@ func (s *sizeEnv) sections(ctx context.Context) error {
 		if !quickCronDone {
 			// The tick is taken at the first step boundary that leaves
 			// between CronMinWindow and CronMaxWindow before it, unless the
-			// next step, by a generous estimate, ends before the tick with
+			// next step, by its estimate, ends before the tick with
 			// CronMinWindow still to go: the sample then waits less.
 			until := time.Until(nextMinute(time.Now()))
 			later := st.est != nil && until-st.est() >= s.o.CronMinWindow
