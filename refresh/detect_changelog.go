@@ -15,7 +15,7 @@ import (
 const (
 	// changelogPollTimeout bounds one drain. It is generous because the
 	// first poll after a long stop drains the whole backlog (the log grows
-	// by one row per writing transaction and table while no one drains it;
+	// by one row per writing statement while no one drains it;
 	// measured about 0.4 s per million rows), in one statement: batching
 	// would rescan the dead rows of earlier batches each time.
 	changelogPollTimeout = 5 * time.Minute

@@ -119,16 +119,18 @@ func TestChangelogTransactions(t *testing.T) {
 			}
 		}
 	}
+	// rows: what the trigger logs (one per statement that committed);
+	// changes: what the poll reports (one per table).
 	tests := []struct {
-		name string
-		sqls []string
-		rows int
+		name          string
+		sqls          []string
+		rows, changes int
 	}{
-		{"rolled back", []string{"BEGIN", "INSERT INTO public.src VALUES (1, 1)", "ROLLBACK"}, 0},
-		{"several statements, one row", []string{"BEGIN", "INSERT INTO public.src VALUES (1, 1)", "UPDATE public.src SET v = 0 WHERE k = 1", "DELETE FROM public.src WHERE k = 2", "COMMIT"}, 1},
-		{"rolled back to a savepoint", []string{"BEGIN", "SAVEPOINT a", "INSERT INTO public.src VALUES (1, 1)", "ROLLBACK TO a", "COMMIT"}, 0},
-		{"written again after a savepoint's rollback", []string{"BEGIN", "SAVEPOINT a", "INSERT INTO public.src VALUES (1, 1)", "ROLLBACK TO a", "INSERT INTO public.src VALUES (1, 2)", "COMMIT"}, 1},
-		{"statement that changes no row", []string{"UPDATE public.src SET v = 0 WHERE false"}, 1},
+		{"rolled back", []string{"BEGIN", "INSERT INTO public.src VALUES (1, 1)", "ROLLBACK"}, 0, 0},
+		{"several statements, one change", []string{"BEGIN", "INSERT INTO public.src VALUES (1, 1)", "UPDATE public.src SET v = 0 WHERE k = 1", "DELETE FROM public.src WHERE k = 2", "COMMIT"}, 3, 1},
+		{"rolled back to a savepoint", []string{"BEGIN", "SAVEPOINT a", "INSERT INTO public.src VALUES (1, 1)", "ROLLBACK TO a", "COMMIT"}, 0, 0},
+		{"written again after a savepoint's rollback", []string{"BEGIN", "SAVEPOINT a", "INSERT INTO public.src VALUES (1, 1)", "ROLLBACK TO a", "INSERT INTO public.src VALUES (1, 2)", "COMMIT"}, 1, 1},
+		{"statement that changes no row", []string{"UPDATE public.src SET v = 0 WHERE false"}, 1, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -138,8 +140,11 @@ func TestChangelogTransactions(t *testing.T) {
 			}
 			_, evs, start := pollOnce(t, d, prev)
 			prev = start
-			if len(evs) != tt.rows {
-				t.Errorf("events %v, want %d change(s)", kindsOf(evs), tt.rows)
+			if len(evs) != tt.changes {
+				t.Errorf("events %v, want %d change(s)", kindsOf(evs), tt.changes)
+			}
+			if n := logRows(t, pool); n != 0 {
+				t.Errorf("log rows after the poll = %d, want 0", n)
 			}
 		})
 	}
@@ -193,6 +198,53 @@ func TestChangelogWriterNeedsNoPrivileges(t *testing.T) {
 	}
 	if _, evs, _ := pollOnce(t, d, prev); len(evs) != 1 {
 		t.Fatalf("events %v, want one change", kindsOf(evs))
+	}
+}
+
+// TestChangelogIgnoresWriterSearchPath: the trigger function has no SET
+// search_path (see sql/schema.sql), so it must resolve nothing through the
+// writer's: a writer whose search_path is empty, or puts a schema with look-
+// alike objects first, still logs into refresherd.changelog and nowhere else.
+func TestChangelogIgnoresWriterSearchPath(t *testing.T) {
+	ctx := context.Background()
+	pool, d := changelogSetup(t)
+	_, _, prev := pollOnce(t, d, time.Time{})
+	mustExec(t, pool, `CREATE SCHEMA IF NOT EXISTS lookalike`)
+	t.Cleanup(func() { mustExec(t, pool, `DROP SCHEMA lookalike CASCADE`) })
+	mustExec(t, pool, `CREATE TABLE lookalike.changelog (source_schema text, source_table text, changed_at timestamptz)`)
+	mustExec(t, pool, `CREATE FUNCTION lookalike.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'epoch'::timestamptz $$`)
+
+	for _, path := range []string{`''`, `lookalike, pg_catalog, public`, `pg_temp, lookalike, public`} {
+		t.Run(path, func(t *testing.T) {
+			if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, `SET LOCAL search_path = `+path); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (1, 1)`)
+				return err
+			}); err != nil {
+				t.Fatalf("write with search_path %s: %v", path, err)
+			}
+			var n int
+			var recent bool
+			if err := pool.QueryRow(ctx, `SELECT count(*), bool_and(changed_at > now() - interval '1 hour') FROM refresherd.changelog`).Scan(&n, &recent); err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 || !recent {
+				t.Errorf("refresherd.changelog: %d rows (want 1), all recent: %v", n, recent)
+			}
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM lookalike.changelog`).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				t.Errorf("lookalike.changelog: %d rows, want 0", n)
+			}
+			var evs []sinkEvent
+			_, evs, prev = pollOnce(t, d, prev)
+			if len(evs) != 1 {
+				t.Errorf("events %v, want one change", kindsOf(evs))
+			}
+		})
 	}
 }
 
