@@ -281,7 +281,10 @@ type sizeEnv struct {
 	pool     *pgxpool.Pool
 	d        *daemon
 	cronDBs  []string
-	writerDB string
+	// writerDBs: the writer test's copy of the data per mode, and the
+	// daemons running on them during that test.
+	writerDBs     map[string]string
+	writerDaemons map[string]*daemon
 	detectDB string
 	refresh  float64 // refresherd's median refresh time here (0 until measured)
 	last     bool    // the last size of the run
@@ -347,8 +350,13 @@ func (s *sizeEnv) setup(ctx context.Context) error {
 	}
 	copies := append([]string(nil), s.cronDBs...)
 	if s.size.Charges == s.o.WriterSize {
-		s.writerDB = "writer_" + label
-		copies = append(copies, s.writerDB)
+		s.writerDBs, s.writerDaemons = map[string]string{}, map[string]*daemon{}
+		if !slices.Contains(s.o.Skip, "writer") {
+			for _, m := range s.o.Modes {
+				s.writerDBs[m] = "writer_" + m + "_" + label
+				copies = append(copies, s.writerDBs[m])
+			}
+		}
 		if !slices.Contains(s.o.Skip, "detect") {
 			s.detectDB = "detect_" + label
 			copies = append(copies, s.detectDB)
@@ -441,11 +449,7 @@ func (s *sizeEnv) teardown(ctx context.Context) {
 	}
 	// Free the disk for the next size; the main database once its daemon
 	// has exited.
-	drop := func(db string) {
-		if err := s.cluster.DropDatabase(ctx, db); err != nil {
-			s.logf("drop %s: %v", db, err)
-		}
-	}
+	drop := func(db string) { s.dropDB(ctx, db) }
 	if s.d != nil {
 		t0, err := s.d.terminate(ctx)
 		if err != nil {
@@ -455,10 +459,23 @@ func (s *sizeEnv) teardown(ctx context.Context) {
 	} else {
 		drop(s.db)
 	}
-	for _, db := range append(slices.Clone(s.cronDBs), s.writerDB, s.detectDB) {
+	// A writer test that failed midway leaves its daemons running; their
+	// copies are dropped once they have exited.
+	s.stopWriterDaemons(ctx)
+	dbs := append(slices.Clone(s.cronDBs), s.detectDB)
+	for _, db := range s.writerDBs {
+		dbs = append(dbs, db)
+	}
+	for _, db := range dbs {
 		if db != "" {
 			drop(db)
 		}
+	}
+}
+
+func (s *sizeEnv) dropDB(ctx context.Context, db string) {
+	if err := s.cluster.DropDatabase(context.WithoutCancel(ctx), db); err != nil {
+		s.logf("drop %s: %v", db, err)
 	}
 }
 
@@ -480,7 +497,7 @@ func (s *sizeEnv) sections(ctx context.Context) error {
 	}})
 	// The writer test's daemons finish stopping in the background during
 	// the freshness runs.
-	if s.writerDB != "" {
+	if len(s.writerDBs) > 0 {
 		add("writer", s.writerSteps()...)
 	}
 	for _, r := range s.o.Rates {

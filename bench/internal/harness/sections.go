@@ -693,67 +693,113 @@ INSERT INTO app_charge (type, amount, month, user_id, job_id) VALUES ('sw', 56.7
 }
 
 // writerSteps measure insert throughput per change-detection mode. Each
-// mode is installed by running the daemon with that change_detection on
-// the writer database (its own copy of the data) and waiting until it is
-// settled; debounce, max_delay and the schedule are raised so no refresh
-// competes with the writers (refresh cost is measured separately). Rounds
-// rotate the order of the modes so drift hits them alike. Each (round,
-// mode) is a step of its own; the last one computes the medians.
+// mode has its own copy of the data and its own daemon running with that
+// change_detection (debounce, max_delay and the schedule raised so no
+// refresh competes with the writers: refresh cost is measured separately),
+// all started and settled first and kept running, listening or polling,
+// throughout. Then, per round and client count, the modes run back to back
+// in an order that rotates with the round: this machine's throughput drifts
+// by tens of percent over minutes, so a mode is compared with the baseline
+// run next to it in time (the ratio of a round), not with one minutes
+// away. The last step stops the daemons and computes the medians.
 func (s *sizeEnv) writerSteps() []step {
 	wr := &results.Writer{
 		SizeLabel: s.sz.Label, Duration: s.o.WriterDuration, Rounds: s.o.WriterRounds,
 		Clients: s.o.WriterClients, Script: s.writerScript(),
-		Command: pgtools.Pgbench{DB: s.writerDB, Script: "insert_charge.sql", Duration: s.o.WriterDuration}.Command(),
+		Command: pgtools.Pgbench{DB: "writer_MODE_" + strings.ToLower(s.sz.Label), Script: "insert_charge.sql", Duration: s.o.WriterDuration}.Command(),
 	}
 	modes := make([]*results.WriterMode, len(s.o.Modes))
 	for i, m := range s.o.Modes {
-		modes[i] = &results.WriterMode{Mode: m, Available: true, TPS: map[int][]float64{}, Median: map[int]float64{}}
+		modes[i] = &results.WriterMode{Mode: m, Available: true, TPS: map[int][]float64{}, Median: map[int]float64{},
+			Ratios: map[int][]float64{}, MedianRatio: map[int]float64{}}
 	}
+	script := filepath.Join(s.work, "insert_charge.sql")
 	warmUp := max(time.Second, s.o.WriterDuration/3)
-	steps := []step{{"writer impact: pgbench script and warm-up", func(ctx context.Context) error {
-		script := filepath.Join(s.work, "insert_charge.sql")
+	done0 := map[string]float64{}
+	steps := []step{{"writer impact: daemons and warm-up", func(ctx context.Context) error {
 		if err := os.WriteFile(script, []byte(wr.Script), 0o644); err != nil {
 			return fmt.Errorf("writer impact: %w", err)
 		}
-		// The copy starts cold (not in shared buffers): warm it up untimed so
-		// the first mode measured does not pay for it.
-		warm := pgtools.Pgbench{DB: s.writerDB, Script: script, Clients: 8, Duration: warmUp}
-		if _, err := warm.Run(ctx, s.srv); err != nil {
-			return fmt.Errorf("writer impact: warm-up: %w", err)
+		for _, m := range modes {
+			if err := s.writerDaemon(ctx, m); err != nil {
+				return fmt.Errorf("writer impact, mode %s: %w", m.Mode, err)
+			}
+			if !m.Available {
+				continue
+			}
+			// Each copy starts cold (not in shared buffers): warm it up
+			// untimed so that the first run measured does not pay for it.
+			warm := pgtools.Pgbench{DB: s.writerDBs[m.Mode], Script: script, Clients: 8, Duration: warmUp}
+			if _, err := warm.Run(ctx, s.srv); err != nil {
+				return fmt.Errorf("writer impact, mode %s: warm-up: %w", m.Mode, err)
+			}
+			done, _, err := s.writerDaemons[m.Mode].counts(ctx)
+			if err != nil {
+				return fmt.Errorf("writer impact, mode %s: %w", m.Mode, err)
+			}
+			done0[m.Mode] = done
 		}
 		return nil
-	}, func() time.Duration { return warmUp + 2*time.Second }}}
-	modeEst := func() time.Duration {
-		// pgbench per client count, the daemon's start-up refresh and stop.
-		return time.Duration(len(s.o.WriterClients))*(s.o.WriterDuration+500*time.Millisecond) + 3*s.refreshEstimate() + time.Second
-	}
+	}, func() time.Duration {
+		return time.Duration(len(modes)) * (warmUp + 3*s.refreshEstimate() + 3*time.Second)
+	}}}
 	for r := 0; r < s.o.WriterRounds; r++ {
-		for i := range modes {
-			m := modes[(i+r)%len(modes)]
-			steps = append(steps, step{fmt.Sprintf("writer impact: round %d, mode %s", r+1, m.Mode), func(ctx context.Context) error {
-				if !m.Available {
-					return nil
+		for _, c := range s.o.WriterClients {
+			steps = append(steps, step{fmt.Sprintf("writer impact: round %d, %d clients", r+1, c), func(ctx context.Context) error {
+				var base float64
+				var measured []*results.WriterMode
+				for i := range modes {
+					m := modes[(i+r)%len(modes)]
+					if !m.Available {
+						continue
+					}
+					pb := pgtools.Pgbench{DB: s.writerDBs[m.Mode], Script: script, Clients: c, Duration: s.o.WriterDuration}
+					tps, err := pb.Run(ctx, s.srv)
+					if err != nil {
+						return fmt.Errorf("writer impact, mode %s: %w", m.Mode, err)
+					}
+					m.TPS[c] = append(m.TPS[c], tps)
+					measured = append(measured, m)
+					if m.Mode == results.BaselineMode {
+						base = tps
+					}
+					s.logf("mode %s, %d clients: %.0f TPS", m.Mode, c, tps)
 				}
-				if err := s.writerMode(ctx, m); err != nil {
-					return fmt.Errorf("writer impact, mode %s: %w", m.Mode, err)
+				if base > 0 {
+					for _, m := range measured {
+						m.Ratios[c] = append(m.Ratios[c], m.TPS[c][len(m.TPS[c])-1]/base)
+					}
 				}
 				return nil
-			}, modeEst})
+			}, func() time.Duration { return time.Duration(len(modes)) * (s.o.WriterDuration + 500*time.Millisecond) }})
 		}
 	}
-	return append(steps, step{"writer impact: summary", func(context.Context) error {
+	return append(steps, step{"writer impact: summary", func(ctx context.Context) error {
 		for _, m := range modes {
+			if d := s.writerDaemons[m.Mode]; d != nil {
+				done1, _, err := d.counts(ctx)
+				if err != nil {
+					return fmt.Errorf("writer impact, mode %s: %w", m.Mode, err)
+				}
+				m.Refreshes = int(done1 - done0[m.Mode])
+			}
 			for c, xs := range m.TPS {
 				m.Median[c] = stats.Median(xs)
+			}
+			for c, xs := range m.Ratios {
+				m.MedianRatio[c] = stats.Median(xs)
 			}
 			wr.Modes = append(wr.Modes, *m)
 		}
 		s.run.Writer = wr
+		s.stopWriterDaemons(ctx)
 		return nil
-	}, func() time.Duration { return 0 }})
+	}, func() time.Duration { return time.Second }})
 }
 
-func (s *sizeEnv) writerMode(ctx context.Context, m *results.WriterMode) error {
+// writerDaemon starts mode m's daemon on its copy of the data and waits
+// until it has settled; a mode the daemon rejects is marked unavailable.
+func (s *sizeEnv) writerDaemon(ctx context.Context, m *results.WriterMode) error {
 	cfgPath := filepath.Join(s.work, "config-"+m.Mode+".yaml")
 	diff, err := deriveConfig(s.shipped, cfgPath, [][2]string{
 		{"change_detection", m.Mode}, {"debounce", "1h"}, {"max_delay", "1h"}, {"schedule", "@every 24h"},
@@ -763,7 +809,8 @@ func (s *sizeEnv) writerMode(ctx context.Context, m *results.WriterMode) error {
 	}
 	m.ConfigDiff = diff
 	t0 := time.Now()
-	d, err := startDaemon(ctx, s.bin, cfgPath, s.cluster.URL(s.writerDB), s.view.Name.String())
+	db := s.writerDBs[m.Mode]
+	d, err := startDaemon(ctx, s.bin, cfgPath, s.cluster.URL(db), s.view.Name.String())
 	var rej *errRejected
 	if errors.As(err, &rej) {
 		m.Available = false
@@ -774,45 +821,28 @@ func (s *sizeEnv) writerMode(ctx context.Context, m *results.WriterMode) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// The next mode's daemon starts once this one has let go of the
-		// leader lock; this one finishes exiting in the background.
-		ctx := context.WithoutCancel(ctx)
-		t0, err := d.terminate(ctx)
-		if err != nil {
-			s.problem("writer test, mode %s: %v", m.Mode, err)
-		}
-		s.reap(d, t0, "writer test daemon, mode "+m.Mode, nil)
-		if err := s.waitLeaderLockFree(ctx, s.writerDB); err != nil {
-			s.problem("writer test, mode %s: %v", m.Mode, err)
-		}
-	}()
+	s.writerDaemons[m.Mode] = d
 	if err := d.waitSettled(ctx, 30*time.Minute); err != nil {
 		return err
 	}
 	s.logf("mode %s: daemon started and settled in %s", m.Mode, time.Since(t0).Round(time.Millisecond))
-	if err := s.triggers(ctx, m); err != nil {
-		return err
-	}
-	done0, _, err := d.counts(ctx)
-	if err != nil {
-		return err
-	}
-	for _, c := range s.o.WriterClients {
-		pb := pgtools.Pgbench{DB: s.writerDB, Script: filepath.Join(s.work, "insert_charge.sql"), Clients: c, Duration: s.o.WriterDuration}
-		tps, err := pb.Run(ctx, s.srv)
+	return s.triggers(ctx, db, m)
+}
+
+// stopWriterDaemons stops the writer test's daemons (also after a failed
+// step); they finish exiting in the background, then their copies go.
+func (s *sizeEnv) stopWriterDaemons(ctx context.Context) {
+	ctx = context.WithoutCancel(ctx)
+	for mode, d := range s.writerDaemons {
+		db := s.writerDBs[mode]
+		delete(s.writerDaemons, mode)
+		delete(s.writerDBs, mode)
+		t0, err := d.terminate(ctx)
 		if err != nil {
-			return err
+			s.problem("writer test, mode %s: %v", mode, err)
 		}
-		m.TPS[c] = append(m.TPS[c], tps)
-		s.logf("mode %s, %d clients: %.0f TPS", m.Mode, c, tps)
+		s.reap(d, t0, "writer test daemon, mode "+mode, func() { s.dropDB(ctx, db) })
 	}
-	done1, _, err := d.counts(ctx)
-	if err != nil {
-		return err
-	}
-	m.Refreshes += int(done1 - done0)
-	return nil
 }
 
 // waitLeaderLockFree waits until no session holds an advisory lock in db
@@ -840,9 +870,9 @@ func (s *sizeEnv) waitLeaderLockFree(ctx context.Context, db string) error {
 	}
 }
 
-// triggers records the user triggers on app_charge while mode m runs.
-func (s *sizeEnv) triggers(ctx context.Context, m *results.WriterMode) error {
-	conn, err := pgx.Connect(ctx, s.cluster.URL(s.writerDB))
+// triggers records the user triggers on app_charge in db, where mode m runs.
+func (s *sizeEnv) triggers(ctx context.Context, db string, m *results.WriterMode) error {
+	conn, err := pgx.Connect(ctx, s.cluster.URL(db))
 	if err != nil {
 		return fmt.Errorf("list triggers: %w", err)
 	}

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/refresherd/refresherd/bench/internal/results"
-	"github.com/refresherd/refresherd/bench/internal/stats"
 )
 
 // statsFlushDelay is the documented bound on how late PostgreSQL 15
@@ -79,15 +78,15 @@ func tpsTarget(run *results.Run, mode string) string {
 			absent = append(absent, fmt.Sprint(c))
 			continue
 		}
-		r := stats.Ratio(m.Median[c], base.Median[c])
-		parts = append(parts, fmt.Sprintf("%.1f%% at %d clients (%.0f vs %.0f TPS)", 100*r, c, m.Median[c], base.Median[c]))
+		r := m.Ratio(c, base)
+		parts = append(parts, fmt.Sprintf("%.1f%% at %d clients (median TPS %.0f vs %.0f)", 100*r, c, m.Median[c], base.Median[c]))
 		if !(r >= want) {
 			missed = append(missed, fmt.Sprint(c))
 		}
 	}
 	line := head + ": "
 	if len(parts) > 0 {
-		line += fmt.Sprintf("keeps %s in the writer section (%s, median of %d round(s) of %s): ", strings.Join(parts, ", "), w.SizeLabel, w.Rounds, w.Duration)
+		line += fmt.Sprintf("keeps %s in the writer section (%s, median of %d round(s) of %s, each against the baseline run next to it): ", strings.Join(parts, ", "), w.SizeLabel, w.Rounds, w.Duration)
 	}
 	switch {
 	case len(missed) > 0:

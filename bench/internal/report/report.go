@@ -321,7 +321,7 @@ func writeWriter(b *strings.Builder, run *results.Run, plots []string) {
 		fmt.Fprintf(b, "Not run.\n\n")
 		return
 	}
-	fmt.Fprintf(b, "Insert throughput (pgbench: mean of its per-second progress TPS after the first second, which is warm-up) of single-row autocommit INSERTs into app_charge at %s, %s per run, %d round(s) (median shown; rounds rotate the order of the modes). Each mode is installed by running the daemon with that `change_detection` (the shipped config otherwise; debounce, max_delay and the schedule raised to 1h/1h/24h so that no refresh competes with the writers: refresh cost is section 2) and waiting until it is settled; it keeps running, listening or polling, during the runs. `none` is the baseline: no trigger. Ratio is against it. An untimed pgbench run warms the copy up first.\n\n",
+	fmt.Fprintf(b, "Insert throughput (pgbench: mean of its per-second progress TPS after the first second, which is warm-up) of single-row autocommit INSERTs into app_charge at %s, %s per run, %d round(s). Each mode has its own copy of the data and its own daemon running with that `change_detection` (the shipped config otherwise; debounce, max_delay and the schedule raised to 1h/1h/24h so that no refresh competes with the writers: refresh cost is section 2), all started, settled and warmed up (an untimed pgbench run per copy) before the first run, and kept running, listening or polling, throughout. Per round and client count the modes run back to back, in an order that rotates with the round. `none` is the baseline: no trigger. TPS shown is the median over rounds; **ratio is the median over rounds of the mode's TPS over the baseline's in the same round** (in parentheses under every round), so that drift of the machine's throughput between rounds, tens of percent over minutes here, does not count as a mode's cost.\n\n",
 		w.SizeLabel, w.Duration, w.Rounds)
 	fmt.Fprintf(b, "| mode | triggers on app_charge |")
 	for _, c := range w.Clients {
@@ -351,12 +351,16 @@ func writeWriter(b *strings.Builder, run *results.Run, plots []string) {
 		for _, c := range w.Clients {
 			r := "-"
 			if base != nil && base.Mode != m.Mode {
-				r = ratio(m.Median[c], base.Median[c])
+				r = fmtRatio(m.Ratio(c, base))
 			} else if base != nil {
 				r = "1 (baseline)"
 			}
 			fmt.Fprintf(b, " %.0f | %s |", m.Median[c], r)
-			rounds = append(rounds, fmt.Sprintf("%d: %s", c, joinFloats(m.TPS[c])))
+			rd := fmt.Sprintf("%d: %s", c, joinFloats(m.TPS[c]))
+			if base != nil && base.Mode != m.Mode && len(m.Ratios[c]) > 0 {
+				rd += " (" + joinRatios(m.Ratios[c]) + ")"
+			}
+			rounds = append(rounds, rd)
 		}
 		fmt.Fprintf(b, " %d | %s |\n", m.Refreshes, strings.Join(rounds, "; "))
 	}
@@ -372,9 +376,18 @@ func writeWriter(b *strings.Builder, run *results.Run, plots []string) {
 	}
 }
 
+// joinRatios formats per-round ratios: "0.93x, 0.97x".
+func joinRatios(xs []float64) string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = fmtRatio(x)
+	}
+	return strings.Join(out, ", ")
+}
+
 func baseMode(w *results.Writer) *results.WriterMode {
 	for i := range w.Modes {
-		if w.Modes[i].Mode == "none" && w.Modes[i].Available {
+		if w.Modes[i].Mode == results.BaselineMode && w.Modes[i].Available {
 			return &w.Modes[i]
 		}
 	}
@@ -580,8 +593,8 @@ func Findings(run *results.Run) []string {
 			var parts []string
 			worst := 0.0
 			for _, c := range w.Clients {
-				rt := stats.Ratio(m.Median[c], base.Median[c])
-				parts = append(parts, fmt.Sprintf("%d clients %.0f vs %.0f TPS (%s)", c, m.Median[c], base.Median[c], ratio(m.Median[c], base.Median[c])))
+				rt := m.Ratio(c, base)
+				parts = append(parts, fmt.Sprintf("%d clients %.0f vs %.0f TPS (%s)", c, m.Median[c], base.Median[c], fmtRatio(rt)))
 				if 1-rt > worst {
 					worst = 1 - rt
 				}
@@ -675,8 +688,9 @@ func ms(v float64) string {
 	return fmt.Sprintf("%.0f ms", v)
 }
 
-func ratio(a, b float64) string {
-	r := stats.Ratio(a, b)
+func ratio(a, b float64) string { return fmtRatio(stats.Ratio(a, b)) }
+
+func fmtRatio(r float64) string {
 	if math.IsNaN(r) {
 		return "n/a"
 	}

@@ -3,6 +3,7 @@
 package results
 
 import (
+	"math"
 	"time"
 
 	"github.com/refresherd/refresherd/bench/internal/stats"
@@ -127,8 +128,29 @@ type WriterMode struct {
 	Triggers    []string
 	TPS         map[int][]float64 // by clients: every round
 	Median      map[int]float64
+	// Ratios: by clients, every round's TPS over the baseline's in the same
+	// round (run back to back); MedianRatio their median, which is what the
+	// report compares: it is not thrown off by drift between rounds.
+	Ratios      map[int][]float64
+	MedianRatio map[int]float64
 	Refreshes   int // refreshes during the pgbench runs (should be 0)
 	ConfigDiff  string
+}
+
+// BaselineMode is the writer test's no-trigger baseline.
+const BaselineMode = "none"
+
+// Ratio is mode m's throughput relative to the baseline at c clients: the
+// median of the per-round ratios when there are any, else (results from
+// before they were recorded) the ratio of the medians.
+func (m *WriterMode) Ratio(c int, base *WriterMode) float64 {
+	if r, ok := m.MedianRatio[c]; ok {
+		return r
+	}
+	if base == nil || base.Median[c] == 0 {
+		return math.NaN()
+	}
+	return m.Median[c] / base.Median[c]
 }
 
 // Detect is the change-detection section: per change_detection mode, the
