@@ -275,19 +275,19 @@ func costSeconds(s *results.Size, method string) []float64 {
 // sizeEnv is one data size's databases and daemon.
 type sizeEnv struct {
 	*env
-	sz       *results.Size
-	size     demodata.Size
-	db       string
-	pool     *pgxpool.Pool
-	d        *daemon
-	cronDBs  []string
+	sz      *results.Size
+	size    demodata.Size
+	db      string
+	pool    *pgxpool.Pool
+	d       *daemon
+	cronDBs []string
 	// writerDBs: the writer test's copy of the data per mode, and the
 	// daemons running on them during that test.
 	writerDBs     map[string]string
 	writerDaemons map[string]*daemon
-	detectDB string
-	refresh  float64 // refresherd's median refresh time here (0 until measured)
-	last     bool    // the last size of the run
+	detectDB      string
+	refresh       float64 // refresherd's median refresh time here (0 until measured)
+	last          bool    // the last size of the run
 }
 
 func (e *env) runSize(ctx context.Context, n int, last bool) error {
