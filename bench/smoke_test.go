@@ -117,6 +117,10 @@ func checkResults(t *testing.T, run *results.Run) {
 			if len(m.TPS[c]) == 0 || m.Median[c] <= 0 {
 				t.Errorf("writer mode %s, %d clients: no TPS", m.Mode, c)
 			}
+			// Every round pairs the mode with a baseline run next to it.
+			if len(m.Ratios[c]) != run.Writer.Rounds || !(m.MedianRatio[c] > 0) {
+				t.Errorf("writer mode %s, %d clients: per-round ratios %v (median %v), want %d", m.Mode, c, m.Ratios[c], m.MedianRatio[c], run.Writer.Rounds)
+			}
 		}
 	}
 	checkDetect(t, run)
