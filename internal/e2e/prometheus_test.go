@@ -331,6 +331,19 @@ func (s *promServer) query(ctx context.Context, expr string) ([]promSample, erro
 	return d.Result, nil
 }
 
+// startShippedIdle runs the daemon with the shipped config on a small demo
+// database and returns once the view is populated and the daemon is idle.
+func startShippedIdle(ctx context.Context, t *testing.T) *daemontest.Proc {
+	t.Helper()
+	dbURL, pool := demoDB(t, 2000)
+	p := startDaemon(t, []string{"DATABASE_URL=" + dbURL}, "--config", shippedConfig())
+	if err := settled(ctx, pool, view); err != nil {
+		t.Fatalf("initial population: %v", err)
+	}
+	waitIdle(t, ctx, p)
+	return p
+}
+
 // TestPrometheusScrapesDaemon: the real Prometheus scrapes the daemon run
 // with the shipped config, finds the documented series, and evaluates the
 // shipped alert rules on them without error and without firing.
@@ -340,12 +353,7 @@ func TestPrometheusScrapesDaemon(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), promBudget)
 	defer cancel()
 
-	dbURL, pool := demoDB(t, 2000)
-	p := startDaemon(t, []string{"DATABASE_URL=" + dbURL}, "--config", shippedConfig())
-	if err := settled(ctx, pool, view); err != nil {
-		t.Fatalf("initial population: %v", err)
-	}
-	waitIdle(t, ctx, p)
+	p := startShippedIdle(ctx, t)
 
 	rg := readRules(t, rulesFile())
 	target := strings.TrimPrefix(p.URL(), "http://")
@@ -486,12 +494,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), promBudget)
 	defer cancel()
 
-	dbURL, pool := demoDB(t, 2000)
-	p := startDaemon(t, []string{"DATABASE_URL=" + dbURL}, "--config", shippedConfig())
-	if err := settled(ctx, pool, view); err != nil {
-		t.Fatalf("initial population: %v", err)
-	}
-	waitIdle(t, ctx, p) // after a refresh: every family has samples
+	p := startShippedIdle(ctx, t) // after a refresh: every family has samples
 
 	// No Accept header: the Prometheus text format, which promtool reads.
 	code, body, err := p.Get(ctx, "/metrics")

@@ -42,27 +42,11 @@ func EnsureInstalled(ctx context.Context, logf func(string, ...any)) (binDir str
 			"or set " + EnvBinDir + " to the directory containing initdb")
 	}
 
-	unlock, err := lockFile(ctx, installLockPath)
-	if err != nil {
-		return "", fmt.Errorf("pgcluster: ensure installed: %w", err)
-	}
-	defer unlock()
-	// Another process may have installed it while we waited for the lock.
-	if dir, err := findBinDir(); err != nil || dir != "" {
-		return dir, err
-	}
-
 	logf("pgcluster: PostgreSQL not found; installing it with apt-get (takes a minute)")
-	for _, args := range [][]string{
-		{"update"},
-		{"install", "-y", "--no-install-recommends", "postgresql"},
-	} {
-		cmd := exec.CommandContext(ctx, "apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("pgcluster: ensure installed: apt-get %s: %w\n%s",
-				args[0], err, tail(string(out), 2000))
-		}
+	// Another process may have installed it while AptInstall waited for the lock.
+	installedMeanwhile := func() bool { dir, err := findBinDir(); return err != nil || dir != "" }
+	if err := AptInstall(ctx, "postgresql", installedMeanwhile); err != nil {
+		return "", fmt.Errorf("pgcluster: ensure installed: %w", err)
 	}
 	dir, err = findBinDir()
 	if err != nil {
@@ -126,6 +110,30 @@ func versionLess(a, b string) bool {
 func isExecutable(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
+}
+
+// AptInstall installs Debian package pkg with apt-get (update, then install
+// without recommends), holding the lock that queues installers: dpkg does not
+// wait for its own lock, so a second concurrent apt-get would fail. present,
+// when set, is asked once the lock is held; if it reports the package there
+// (another process installed it meanwhile), nothing runs.
+func AptInstall(ctx context.Context, pkg string, present func() bool) error {
+	unlock, err := lockFile(ctx, installLockPath)
+	if err != nil {
+		return fmt.Errorf("apt-get install %s: %w", pkg, err)
+	}
+	defer unlock()
+	if present != nil && present() {
+		return nil
+	}
+	for _, args := range [][]string{{"update"}, {"install", "-y", "--no-install-recommends", pkg}} {
+		cmd := exec.CommandContext(ctx, "apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("apt-get %s: %w\n%s", args[0], err, tail(string(out), 2000))
+		}
+	}
+	return nil
 }
 
 // lockFile takes an exclusive flock, released by the returned function. It

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -53,6 +54,42 @@ func startDaemon(ctx context.Context, bin, cfgPath, dbURL, view string) (*daemon
 		return nil, fmt.Errorf("start daemon: %w", err)
 	}
 	return &daemon{p: p, view: view}, nil
+}
+
+// modeStart is what startModeDaemon did.
+type modeStart struct {
+	d           *daemon // nil when the daemon rejected the mode
+	diff        string  // how the config differs from the shipped one
+	unavailable string  // the daemon's message when it rejected the mode
+}
+
+// startModeDaemon starts a daemon on db with the shipped config changed by
+// set (written to cfgName in the work folder) and waits until it has
+// settled. A mode the daemon rejects (exit 2) is not an error: the result
+// has no daemon and says why. started gets the daemon as soon as it runs,
+// so that the caller stops it even when settling fails.
+func (s *sizeEnv) startModeDaemon(ctx context.Context, cfgName, db, mode string, set [][2]string, started func(*daemon)) (modeStart, error) {
+	cfgPath := filepath.Join(s.work, cfgName)
+	diff, err := deriveConfig(s.shipped, cfgPath, set)
+	if err != nil {
+		return modeStart{}, err
+	}
+	t0 := time.Now()
+	d, err := startDaemon(ctx, s.bin, cfgPath, s.cluster.URL(db), s.view.Name.String())
+	var rej *errRejected
+	if errors.As(err, &rej) {
+		s.logf("mode %s: not available in this build: %s", mode, rej.msg)
+		return modeStart{diff: diff, unavailable: rej.msg}, nil
+	}
+	if err != nil {
+		return modeStart{diff: diff}, err
+	}
+	started(d)
+	if err := d.waitSettled(ctx, 30*time.Minute); err != nil {
+		return modeStart{d: d, diff: diff}, err
+	}
+	s.logf("mode %s: daemon started and settled in %s", mode, time.Since(t0).Round(time.Millisecond))
+	return modeStart{d: d, diff: diff}, nil
 }
 
 // viewStatus is the part of /status the harness reads.

@@ -2,11 +2,9 @@ package harness
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -98,25 +96,11 @@ func (s *sizeEnv) detectSteps() []step {
 // detectMode runs one mode: start the daemon, probes, sustained writes at
 // each rate, a content check, stop.
 func (s *sizeEnv) detectMode(ctx context.Context, dt *results.Detect, m *results.DetectMode, period func(time.Duration)) error {
-	cfgPath := filepath.Join(s.work, "config-detect-"+m.Mode+".yaml")
-	diff, err := deriveConfig(s.shipped, cfgPath, [][2]string{{"change_detection", m.Mode}})
-	if err != nil {
-		return err
-	}
-	m.ConfigDiff = diff
-	t0 := time.Now()
-	d, err := startDaemon(ctx, s.bin, cfgPath, s.cluster.URL(s.detectDB), s.view.Name.String())
-	var rej *errRejected
-	if errors.As(err, &rej) {
-		m.Available = false
-		m.Unavailable = rej.msg
-		s.logf("mode %s: not available in this build: %s", m.Mode, rej.msg)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
+	var d *daemon
 	defer func() {
+		if d == nil {
+			return
+		}
 		ctx := context.WithoutCancel(ctx)
 		t0, err := d.terminate(ctx)
 		if err != nil {
@@ -127,10 +111,16 @@ func (s *sizeEnv) detectMode(ctx context.Context, dt *results.Detect, m *results
 			s.problem("detection test, mode %s: %v", m.Mode, err)
 		}
 	}()
-	if err := d.waitSettled(ctx, 30*time.Minute); err != nil {
+	ms, err := s.startModeDaemon(ctx, "config-detect-"+m.Mode+".yaml", s.detectDB, m.Mode,
+		[][2]string{{"change_detection", m.Mode}}, func(started *daemon) { d = started })
+	m.ConfigDiff = ms.diff
+	if err != nil {
 		return err
 	}
-	s.logf("mode %s: daemon started and settled in %s", m.Mode, time.Since(t0).Round(time.Millisecond))
+	if ms.d == nil {
+		m.Available, m.Unavailable = false, ms.unavailable
+		return nil
+	}
 
 	if dt.Probes > 0 {
 		row, p, err := s.detectProbes(ctx, d, m)

@@ -800,32 +800,18 @@ func (s *sizeEnv) writerSteps() []step {
 // writerDaemon starts mode m's daemon on its copy of the data and waits
 // until it has settled; a mode the daemon rejects is marked unavailable.
 func (s *sizeEnv) writerDaemon(ctx context.Context, m *results.WriterMode) error {
-	cfgPath := filepath.Join(s.work, "config-"+m.Mode+".yaml")
-	diff, err := deriveConfig(s.shipped, cfgPath, [][2]string{
+	db := s.writerDBs[m.Mode]
+	ms, err := s.startModeDaemon(ctx, "config-"+m.Mode+".yaml", db, m.Mode, [][2]string{
 		{"change_detection", m.Mode}, {"debounce", "1h"}, {"max_delay", "1h"}, {"schedule", "@every 24h"},
-	})
+	}, func(d *daemon) { s.writerDaemons[m.Mode] = d })
+	m.ConfigDiff = ms.diff
 	if err != nil {
 		return err
 	}
-	m.ConfigDiff = diff
-	t0 := time.Now()
-	db := s.writerDBs[m.Mode]
-	d, err := startDaemon(ctx, s.bin, cfgPath, s.cluster.URL(db), s.view.Name.String())
-	var rej *errRejected
-	if errors.As(err, &rej) {
-		m.Available = false
-		m.Unavailable = rej.msg
-		s.logf("mode %s: not available in this build: %s", m.Mode, rej.msg)
+	if ms.d == nil {
+		m.Available, m.Unavailable = false, ms.unavailable
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	s.writerDaemons[m.Mode] = d
-	if err := d.waitSettled(ctx, 30*time.Minute); err != nil {
-		return err
-	}
-	s.logf("mode %s: daemon started and settled in %s", m.Mode, time.Since(t0).Round(time.Millisecond))
 	return s.triggers(ctx, db, m)
 }
 

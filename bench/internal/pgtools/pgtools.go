@@ -14,8 +14,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/refresherd/refresherd/internal/pgcluster"
 )
 
 // Server is where the tools connect: over TCP to 127.0.0.1:Port as the
@@ -168,10 +169,6 @@ func (s Server) Version(ctx context.Context, name string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// installLock is the lock pgcluster takes around apt-get: dpkg does not wait
-// for its own lock, so concurrent installers must queue here.
-const installLock = "/tmp/refresherd-pg-install.lock"
-
 // EnsurePgCron makes sure the pg_cron extension is installed for the
 // PostgreSQL in binDir: it looks for pg_cron.so in pg_config's pkglibdir and,
 // when missing and running as root, installs Debian's postgresql-MAJOR-cron.
@@ -199,52 +196,15 @@ func EnsurePgCron(ctx context.Context, binDir string, logf func(string, ...any))
 	if os.Geteuid() != 0 {
 		return "", fmt.Errorf("ensure pg_cron: %s is missing and installing %s needs root (sudo apt-get install %s)", so, pkg, pkg)
 	}
-	unlock, err := lockFile(ctx, installLock)
-	if err != nil {
-		return "", fmt.Errorf("ensure pg_cron: %w", err)
-	}
-	defer unlock()
 	logf("installing %s with apt-get", pkg)
-	for _, args := range [][]string{{"update"}, {"install", "-y", "--no-install-recommends", pkg}} {
-		cmd := exec.CommandContext(ctx, "apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("ensure pg_cron: apt-get %s: %w\n%s", args[0], err, tail(string(out), 1500))
-		}
+	present := func() bool { _, err := os.Stat(so); return err == nil }
+	if err := pgcluster.AptInstall(ctx, pkg, present); err != nil {
+		return "", fmt.Errorf("ensure pg_cron: %w", err)
 	}
 	if _, err := os.Stat(so); err != nil {
 		return "", fmt.Errorf("ensure pg_cron: installed %s but %s is missing: %w", pkg, so, err)
 	}
 	return "installed " + pkg + " with apt-get", nil
-}
-
-func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			_ = f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		t := time.NewTimer(200 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			_ = f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-t.C:
-		}
-	}
-	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		_ = f.Close()
-	}, nil
 }
 
 func shellQuote(s string) string {
