@@ -4,6 +4,7 @@ package metrics
 
 import (
 	"runtime"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -204,3 +205,49 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(inProgressDesc, prometheus.GaugeValue, inProgress, s.View)
 	}
 }
+
+// ViewRecorder records one view's refresh metrics: what a refresh worker
+// needs of the registry, and no more.
+type ViewRecorder struct {
+	m    *Metrics
+	view string
+}
+
+// View returns the recorder of one view's series.
+func (m *Metrics) View(view string) ViewRecorder { return ViewRecorder{m: m, view: view} }
+
+// Refresh counts one attempt and observes its duration.
+func (r ViewRecorder) Refresh(trigger, result string, d time.Duration) {
+	r.m.Duration.WithLabelValues(r.view).Observe(d.Seconds())
+	r.m.Refreshes.WithLabelValues(r.view, trigger, result).Inc()
+}
+
+// Skipped counts a refresh that was due but found nothing to do.
+func (r ViewRecorder) Skipped(trigger string) {
+	r.m.Refreshes.WithLabelValues(r.view, trigger, ResultSkipped).Inc()
+}
+
+// Success records the data time and commit time of a successful refresh;
+// a zero time leaves its gauge as it is.
+func (r ViewRecorder) Success(asOf, finished time.Time) {
+	if !asOf.IsZero() {
+		r.m.DataAsOf.WithLabelValues(r.view).Set(unixSeconds(asOf))
+	}
+	if !finished.IsZero() {
+		r.m.LastSuccess.WithLabelValues(r.view).Set(unixSeconds(finished))
+	}
+}
+
+// Ready records whether the view is set up.
+func (r ViewRecorder) Ready(ok bool) {
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	r.m.ViewReady.WithLabelValues(r.view).Set(v)
+}
+
+// Vacuumed counts a vacuum after a refresh.
+func (r ViewRecorder) Vacuumed() { r.m.Vacuums.WithLabelValues(r.view).Inc() }
+
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }

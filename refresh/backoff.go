@@ -11,6 +11,8 @@ import (
 // replicas and views that failed together do not retry in lock-step.
 type Backoff struct {
 	Base, Max time.Duration
+	// Rand returns a number in [0, n]; nil uses math/rand. Tests pin it.
+	Rand func(n int64) int64
 }
 
 // Delay returns the wait before retry number attempt (1-based).
@@ -21,6 +23,9 @@ func (b Backoff) Delay(attempt int) time.Duration {
 	}
 	d = min(d, b.Max)
 	half := d / 2
+	if b.Rand != nil {
+		return half + time.Duration(b.Rand(int64(half)))
+	}
 	return half + time.Duration(rand.Int64N(int64(half)+1))
 }
 

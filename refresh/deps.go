@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.uber.org/zap"
 
 	"github.com/refresherd/refresherd/config"
 )
@@ -38,91 +37,25 @@ func ReferencedMatviews(ctx context.Context, pool *pgxpool.Pool, v *config.View)
 	return refs, nil
 }
 
-// checkDependencies infers undeclared dependencies on other managed views
-// from pg_depend (declaring them is better: it also orders the first
-// refresh), logging each once.
-func (w *worker) checkDependencies(ctx context.Context) {
-	refs, err := ReferencedMatviews(ctx, w.e.pool, w.view)
-	if err != nil {
-		w.log.Warn("could not check dependencies", zap.Error(err))
-		return
-	}
-	var inferred []config.QualifiedName
-	for _, r := range refs {
-		if slices.Contains(w.view.DependsOn, r) {
-			continue
-		}
-		w.e.mu.Lock()
-		_, managed := w.e.byName[r.String()]
-		w.e.mu.Unlock()
-		if managed {
-			inferred = append(inferred, r)
+// The engine is its workers' view of each other (the dependencies
+// interface): upstream state for the policy's gating, dependents to mark
+// after a refresh.
+
+// upstreamStates implements dependencies.
+func (e *Engine) upstreamStates(names []config.QualifiedName, now time.Time) []upstreamState {
+	var out []upstreamState
+	for _, n := range names {
+		if u := e.lookup(n); u != nil {
+			out = append(out, u.upstreamState(now))
 		}
 	}
-	w.mu.Lock()
-	old := w.inferred
-	w.inferred = inferred
-	w.mu.Unlock()
-	if len(inferred) > 0 && !slices.Equal(old, inferred) {
-		names := make([]string, len(inferred))
-		for i, r := range inferred {
-			names[i] = r.String()
-		}
-		w.log.Warn("view reads managed views it does not declare in depends_on; treating them as dependencies", zap.Strings("inferred", names))
-	}
+	return out
 }
 
-// upstreams are the managed views w reads: declared and inferred.
-func (w *worker) upstreams() []config.QualifiedName {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append(slices.Clone(w.view.DependsOn), w.inferred...)
-}
-
-// waitingForUpstream reports whether an upstream view is refreshing or owes
-// a refresh: w refreshes after it, never before, in the same round. A
-// failing or broken upstream does not hold w back.
-func (w *worker) waitingForUpstream() bool {
-	for _, name := range w.upstreams() {
-		w.e.mu.Lock()
-		u := w.e.byName[name.String()]
-		w.e.mu.Unlock()
-		if u == nil {
-			continue
-		}
-		u.mu.Lock()
-		busy := u.inProgress || (u.ready && u.failures == 0 && (u.p.dirty || u.p.manual))
-		u.mu.Unlock()
-		if busy {
-			return true
-		}
-	}
-	return false
-}
-
-// refreshedUpstream marks the views that read w dirty after w's refresh:
-// they miss what w now has, dated from the oldest change w just took in.
-func (w *worker) refreshedUpstream(taken pending, asOf time.Time) {
-	at := asOf
-	if taken.dirty && taken.oldest.Before(at) {
-		at = taken.oldest
-	}
-	now := time.Now()
-	for _, d := range w.e.snapshot() {
-		if d == w || !slices.Contains(d.upstreams(), w.view.Name) {
-			continue
-		}
-		d.update(func(p *pending) { p.change(at, now) })
-	}
-}
-
-// upstreamNotReady reports whether a declared upstream view is not set up
-// yet in this term.
-func (w *worker) upstreamNotReady() bool {
-	for _, name := range w.view.DependsOn {
-		w.e.mu.Lock()
-		u := w.e.byName[name.String()]
-		w.e.mu.Unlock()
+// upstreamsReady implements dependencies.
+func (e *Engine) upstreamsReady(names []config.QualifiedName) bool {
+	for _, n := range names {
+		u := e.lookup(n)
 		if u == nil {
 			continue
 		}
@@ -130,8 +63,35 @@ func (w *worker) upstreamNotReady() bool {
 		ready := u.ready
 		u.mu.Unlock()
 		if !ready {
-			return true
+			return false
 		}
 	}
-	return false
+	return true
+}
+
+// refreshed implements dependencies: the views that read view miss what it
+// now has, dated at (the oldest change it just took in).
+func (e *Engine) refreshed(view config.QualifiedName, at, now time.Time) {
+	for _, d := range e.snapshot() {
+		if d.view.Name == view || !slices.Contains(d.upstreams(), view) {
+			continue
+		}
+		d.update(func(p *pending) { p.change(at, now) })
+	}
+}
+
+// inferUpstreams implements dependencies: the managed views v's stored
+// query reads (pg_depend) that it does not declare.
+func (e *Engine) inferUpstreams(ctx context.Context, v *config.View) ([]config.QualifiedName, error) {
+	refs, err := ReferencedMatviews(ctx, e.pool, v)
+	if err != nil {
+		return nil, err
+	}
+	var inferred []config.QualifiedName
+	for _, r := range refs {
+		if !slices.Contains(v.DependsOn, r) && e.lookup(r) != nil {
+			inferred = append(inferred, r)
+		}
+	}
+	return inferred, nil
 }

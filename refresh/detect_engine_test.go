@@ -21,21 +21,45 @@ import (
 // nil for tests that never run it.
 func newTestEngine(t *testing.T, pool *pgxpool.Pool, views ...config.View) *Engine {
 	t.Helper()
+	return buildTestEngine(t, pool, testEngineSetup{}, views...)
+}
+
+// testEngineSetup varies a test engine; zero values take the defaults.
+type testEngineSetup struct {
+	identity       string          // "test"
+	maxConcurrent  int             // 4
+	sessionCfg     *pgx.ConnConfig // the pool's
+	healthEvery    time.Duration
+	leaderCheckEvr time.Duration // 100ms
+}
+
+// buildTestEngine builds an engine with fast timings.
+func buildTestEngine(t *testing.T, pool *pgxpool.Pool, s testEngineSetup, views ...config.View) *Engine {
+	t.Helper()
+	if s.identity == "" {
+		s.identity = "test"
+	}
+	if s.maxConcurrent == 0 {
+		s.maxConcurrent = 4
+	}
+	if s.leaderCheckEvr == 0 {
+		s.leaderCheckEvr = 100 * time.Millisecond
+	}
 	cfg := &config.Config{
 		Leader:                 config.Leader{Name: "test"},
 		Shutdown:               config.Shutdown{GracePeriod: 5 * time.Second},
-		MaxConcurrentRefreshes: 4,
+		MaxConcurrentRefreshes: s.maxConcurrent,
 		Views:                  views,
 	}
-	var sessionCfg *pgx.ConnConfig
-	if pool != nil {
-		sessionCfg = pool.Config().ConnConfig.Copy()
+	if s.sessionCfg == nil && pool != nil {
+		s.sessionCfg = pool.Config().ConnConfig.Copy()
 	}
 	fast := Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond}
-	return New(cfg, pool, sessionCfg, metrics.New("test"), zaptest.NewLogger(t), Options{
-		Identity:         "test",
+	return New(cfg, pool, s.sessionCfg, metrics.New("test"), zaptest.NewLogger(t).Named(s.identity), Options{
+		Identity:         s.identity,
 		LeaderRetryEvery: 100 * time.Millisecond,
-		LeaderCheckEvery: 100 * time.Millisecond,
+		LeaderCheckEvery: s.leaderCheckEvr,
+		HealthEvery:      s.healthEvery,
 		ConnectBackoff:   fast,
 		RetryBackoff:     fast,
 		SetupBackoff:     fast,

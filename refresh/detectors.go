@@ -33,7 +33,7 @@ func (e *Engine) runDetectors(ctx context.Context) {
 			d:       d,
 			sink:    e,
 			plan:    func() watchPlan { return e.watchPlan(d.mode()) },
-			active:  func() bool { on, _ := e.active.get(); return on },
+			active:  e.terms.active,
 			log:     logFor(d.mode()),
 			backoff: e.opts.ConnectBackoff,
 		}

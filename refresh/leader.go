@@ -22,14 +22,14 @@ type Elector struct {
 	Backoff                Backoff
 	Log                    *zap.Logger
 	// OnChange is called from the elector goroutine when leadership starts
-	// or ends.
-	OnChange func(leader bool)
+	// or ends; lockPID is the backend holding the lock (0 when it ends).
+	OnChange func(leader bool, lockPID uint32)
 }
 
 // Run campaigns until ctx is done; then it releases the lock (under a
 // detached short deadline, so shutdown hands over at once).
 func (e *Elector) Run(ctx context.Context) {
-	key := lockKey("leader", e.Name)
+	key := LeaderLockKey(e.Name)
 	attempt := 0
 	for ctx.Err() == nil {
 		conn, err := e.connect(ctx)
@@ -77,12 +77,13 @@ func (e *Elector) connect(ctx context.Context) (*pgx.Conn, error) {
 // session campaigns and leads on one connection until it fails or ctx ends.
 func (e *Elector) session(ctx context.Context, conn *pgx.Conn, key int64) error {
 	leading := false
+	var pid uint32
 	defer func() {
 		if !leading {
 			return
 		}
 		// Resign first, so workers stop before anyone else can lead.
-		e.OnChange(false)
+		e.OnChange(false, 0)
 		e.Log.Info("leadership released")
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
@@ -92,7 +93,7 @@ func (e *Elector) session(ctx context.Context, conn *pgx.Conn, key int64) error 
 		if !leading {
 			var got bool
 			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := conn.QueryRow(qctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got)
+			err := conn.QueryRow(qctx, `SELECT pg_try_advisory_lock($1), pg_backend_pid()`, key).Scan(&got, &pid)
 			cancel()
 			if err != nil {
 				return fmt.Errorf("try leader lock: %w", err)
@@ -100,7 +101,7 @@ func (e *Elector) session(ctx context.Context, conn *pgx.Conn, key int64) error 
 			if got {
 				leading = true
 				e.Log.Info("became leader", zap.String("name", e.Name))
-				e.OnChange(true)
+				e.OnChange(true, pid)
 				continue
 			}
 			if !sleep(ctx, jitter(e.RetryEvery, 0.3)) {
@@ -118,7 +119,7 @@ func (e *Elector) session(ctx context.Context, conn *pgx.Conn, key int64) error 
 			// The lock may already be gone with the session: stop leading
 			// now rather than after a reconnect.
 			leading = false
-			e.OnChange(false)
+			e.OnChange(false, 0)
 			e.Log.Warn("lost leadership: connection check failed", zap.Error(err))
 			return fmt.Errorf("check leader connection: %w", err)
 		}

@@ -5,12 +5,10 @@ import (
 	"errors"
 	"reflect"
 	"slices"
-	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/refresherd/refresherd/config"
-	"github.com/refresherd/refresherd/metrics"
 )
 
 // Reload applies a new configuration (SIGHUP): added views start, removed
@@ -58,25 +56,26 @@ func (e *Engine) Reload(cfg *config.Config) (changes []string, err error) {
 		w := e.byName[name]
 		switch {
 		case w == nil:
-			nw := newWorker(e, v)
+			nw := e.newWorker(v)
 			// Changes made while it was not managed are unknown.
-			nw.p.catchup(e.started, e.started, metrics.TriggerStartup)
+			nw.sched.p.catchup(e.started, e.started, TriggerStartup)
+			// A removed worker of that name may still be finishing: run
+			// after it, so the view never has two workers.
+			nw.prev = e.retiring[name]
 			e.byName[name] = nw
 			e.m.InitView(name)
-			if e.runCtx != nil {
-				e.startWorker(nw)
-			}
+			e.startWorker(nw)
 			next = append(next, nw)
 			changes = append(changes, "added "+name)
 		case sameView(w.view, v):
 			next = append(next, w)
 		default:
-			nw := newWorker(e, v)
+			nw := e.newWorker(v)
 			if w.view.ChangeDetection != v.ChangeDetection || !slices.Equal(w.view.Sources, v.Sources) {
 				// Changes between the old detector and the new one's
 				// triggers are unseen: catch up once set up.
-				now := time.Now()
-				nw.p.catchup(now, now, metrics.TriggerCatchup)
+				now := e.opts.Now()
+				nw.sched.p.catchup(now, now, TriggerCatchup)
 				triggers = true
 			}
 			e.byName[name] = nw
@@ -92,14 +91,14 @@ func (e *Engine) Reload(cfg *config.Config) (changes []string, err error) {
 		delete(e.byName, w.name)
 		changes = append(changes, "removed "+w.name)
 		triggers = true
+		w.mu.Lock()
+		w.removed = true
+		w.mu.Unlock()
 		if w.cancel != nil {
+			// Its series go when it has ended (startWorker), so no late
+			// update re-creates them.
+			e.retiring[w.name] = w
 			w.cancel()
-			go func() {
-				<-w.done
-				// After the worker is gone, so no late update re-creates
-				// the series.
-				e.m.RemoveView(w.name)
-			}()
 		} else {
 			e.m.RemoveView(w.name)
 		}
@@ -107,10 +106,9 @@ func (e *Engine) Reload(cfg *config.Config) (changes []string, err error) {
 	e.workers = next
 	e.cfg = cfg
 	e.indexSources()
-	if triggers && e.leader && e.runCtx != nil {
-		ctx := e.runCtx
+	if t := e.term; triggers && t != nil {
 		e.termWG.Go(func() {
-			tctx, cancel := context.WithTimeout(ctx, time.Minute)
+			tctx, cancel := context.WithTimeout(t.ctx, triggerSyncTimeout)
 			defer cancel()
 			e.ensureTriggers(tctx, e.log)
 		})
@@ -120,39 +118,18 @@ func (e *Engine) Reload(cfg *config.Config) (changes []string, err error) {
 	return changes, nil
 }
 
-// handover stops old and starts nw with old's state once old has finished
-// its current refresh. Caller holds e.mu.
+// handover replaces old by nw: nw is registered at once, so new events reach
+// it; it starts only after old has finished its current refresh and takes
+// over its state, and events that still reach old go on to nw. Caller holds
+// e.mu.
 func (e *Engine) handover(old, nw *worker) {
 	if old.cancel == nil { // not running yet
 		nw.inherit(old)
 		return
 	}
+	nw.prev = old
 	old.cancel()
-	// nw is registered now, so events reach it while old finishes.
-	go func() {
-		<-old.done
-		nw.inherit(old)
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		if e.byName[nw.name] == nw && e.runCtx != nil && !e.stopping {
-			e.startWorker(nw)
-		}
-	}()
-}
-
-// inherit takes over a replaced worker's state.
-func (w *worker) inherit(old *worker) {
-	old.mu.Lock()
-	st := old.p
-	asOf, lastSuccess := old.asOf, old.lastSuccess
-	result, lastErr, trigger, dur := old.lastResult, old.lastError, old.lastTrigger, old.lastDur
-	old.mu.Unlock()
-	w.mu.Lock()
-	w.p.merge(st)
-	w.asOf, w.lastSuccess = asOf, lastSuccess
-	w.lastResult, w.lastError, w.lastTrigger, w.lastDur = result, lastErr, trigger, dur
-	w.mu.Unlock()
-	w.poke()
+	e.startWorker(nw)
 }
 
 // sameView reports whether two declarations need no worker restart.

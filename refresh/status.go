@@ -3,7 +3,6 @@ package refresh
 import (
 	"time"
 
-	"github.com/refresherd/refresherd/config"
 	"github.com/refresherd/refresherd/metrics"
 )
 
@@ -40,7 +39,7 @@ func (e *Engine) Status() Status {
 	e.mu.Lock()
 	st := Status{Leader: e.leader, ListenerConnected: e.listenerConnected, DatabaseReachable: e.dbErr == nil}
 	e.mu.Unlock()
-	now := time.Now()
+	now := e.opts.Now()
 	for _, w := range e.snapshot() {
 		w.mu.Lock()
 		vs := ViewStatus{
@@ -48,13 +47,13 @@ func (e *Engine) Status() Status {
 			Ready:               w.ready,
 			ChangeDetection:     w.view.ChangeDetection,
 			StalenessSeconds:    w.staleness(now, st.Leader).Seconds(),
-			PendingChanges:      w.p.count,
-			InProgress:          w.inProgress,
-			LastResult:          w.lastResult,
+			PendingChanges:      w.sched.p.count,
+			InProgress:          w.refreshing,
+			LastResult:          string(w.lastResult),
 			LastError:           w.lastError,
-			LastTrigger:         w.lastTrigger,
+			LastTrigger:         string(w.lastTrigger),
 			LastDurationSeconds: w.lastDur.Seconds(),
-			ConsecutiveFailures: w.failures,
+			ConsecutiveFailures: w.sched.failures,
 			DataAsOf:            timePtr(w.asOf),
 			LastSuccessAt:       timePtr(w.lastSuccess),
 		}
@@ -65,7 +64,7 @@ func (e *Engine) Status() Status {
 			vs.DefinitionError = w.defErr.Error()
 		}
 		if w.view.ScheduleSpec != nil {
-			vs.NextScheduled = timePtr(w.nextTick)
+			vs.NextScheduled = timePtr(w.sched.nextTick)
 		}
 		w.mu.Unlock()
 		st.Views = append(st.Views, vs)
@@ -78,7 +77,7 @@ func (e *Engine) ViewStates() []metrics.ViewState {
 	e.mu.Lock()
 	leader := e.leader
 	e.mu.Unlock()
-	now := time.Now()
+	now := e.opts.Now()
 	ws := e.snapshot()
 	out := make([]metrics.ViewState, 0, len(ws))
 	for _, w := range ws {
@@ -86,30 +85,12 @@ func (e *Engine) ViewStates() []metrics.ViewState {
 		out = append(out, metrics.ViewState{
 			View:             w.name,
 			StalenessSeconds: w.staleness(now, leader).Seconds(),
-			PendingChanges:   float64(w.p.count),
-			InProgress:       w.inProgress,
+			PendingChanges:   float64(w.sched.p.count),
+			InProgress:       w.refreshing,
 		})
 		w.mu.Unlock()
 	}
 	return out
-}
-
-// staleness is the age of the oldest change not in the view. Without change
-// detection any change may be missing, so it is the age of the data. A
-// follower tracks no changes and reports 0: the leader's figure is the one
-// that counts (alert on the maximum over replicas). Caller holds w.mu.
-func (w *worker) staleness(now time.Time, leader bool) time.Duration {
-	if !leader {
-		return 0
-	}
-	if w.view.ChangeDetection == config.DetectNone {
-		since := w.asOf
-		if since.IsZero() {
-			since = w.e.started
-		}
-		return max(now.Sub(since), 0)
-	}
-	return w.p.staleness(now)
 }
 
 func timePtr(t time.Time) *time.Time {

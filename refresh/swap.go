@@ -93,13 +93,13 @@ func PlanSwap(ctx context.Context, pool *pgxpool.Pool, v *config.View) (SwapPlan
 // commit and the new data after, never an error or an empty view (a reader
 // waiting on the old view's lock re-resolves the name after the commit).
 // Privileges granted on the old view are granted on the new one.
-func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity string) error {
+func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity string, fence Fence) (time.Time, error) {
 	plan, err := PlanSwap(ctx, pool, v)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	if len(plan.DependentViews) > 0 {
-		return fmt.Errorf("definition of %s changed but %s depend(s) on it: drop them (or recreate them after) to let refresherd rebuild it; the old definition stays in use",
+		return time.Time{}, fmt.Errorf("definition of %s changed but %s depend(s) on it: drop them (or recreate them after) to let refresherd rebuild it; the old definition stays in use",
 			v.Name, strings.Join(plan.DependentViews, ", "))
 	}
 	tmp := v.Name.WithName(sideName(v.Name.Name, "_rfd_new"))
@@ -133,7 +133,7 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 		return copyGrants(ctx, tx, v.Name, tmp)
 	})
 	if err != nil {
-		return fmt.Errorf("rebuild %s: %w", v.Name, err)
+		return time.Time{}, fmt.Errorf("rebuild %s: %w", v.Name, err)
 	}
 
 	// The swap: short, bounded by lock_timeout.
@@ -165,15 +165,18 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 			v.Name.String(), asOf, DefinitionHash(v), identity); err != nil {
 			return fmt.Errorf("record definition: %w", err)
 		}
+		if fence != nil {
+			return fence(ctx, tx)
+		}
 		return nil
 	})
 	if err != nil {
 		// The old view is untouched; drop the side build so it does not
 		// linger.
 		_, _ = pool.Exec(context.WithoutCancel(ctx), "DROP MATERIALIZED VIEW IF EXISTS "+tmp.Sanitized())
-		return fmt.Errorf("swap %s: %w", v.Name, err)
+		return time.Time{}, fmt.Errorf("swap %s: %w", v.Name, err)
 	}
-	return nil
+	return asOf, nil
 }
 
 // copyGrants re-grants on to whatever was granted on from, so the app's

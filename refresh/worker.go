@@ -2,60 +2,86 @@ package refresh
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/refresherd/refresherd/config"
-	"github.com/refresherd/refresherd/metrics"
 )
 
-// worker owns one view: its pending changes, its schedule and its refreshes.
-// Running refreshes from this one goroutine makes them single-flight per
-// view by construction; events only update `p` under mu and poke `wake`.
+// recorder is what a worker records in metrics (metrics.ViewRecorder).
+type recorder interface {
+	Refresh(trigger, result string, d time.Duration)
+	Skipped(trigger string)
+	Success(asOf, finished time.Time)
+	Ready(ok bool)
+	Vacuumed()
+}
+
+// dependencies is what a worker knows of the other views: the state of the
+// managed views it reads, and whom to tell when its data changed.
+type dependencies interface {
+	// upstreamStates describes the managed views among names.
+	upstreamStates(names []config.QualifiedName, now time.Time) []upstreamState
+	// upstreamsReady reports whether the managed views among names are set
+	// up in this term (a view's query reads them: create them first).
+	upstreamsReady(names []config.QualifiedName) bool
+	// refreshed marks the views reading view dirty: they miss what it now
+	// has, dated at.
+	refreshed(view config.QualifiedName, at, now time.Time)
+	// inferUpstreams lists the managed views v reads without declaring them.
+	inferUpstreams(ctx context.Context, v *config.View) ([]config.QualifiedName, error)
+}
+
+// worker owns one view: its scheduling state and its refreshes. Running
+// refreshes from this one goroutine makes them single-flight per view by
+// construction; events only update the state under mu and poke wake. It
+// knows its collaborators, not the engine: the strategy that does the work,
+// a metrics recorder, the dependency view, the term gate and the
+// concurrency slots.
 type worker struct {
-	e    *Engine
-	view *config.View
-	name string
-	log  *zap.Logger
+	view     *config.View
+	name     string
+	log      *zap.Logger
+	now      func() time.Time
+	started  time.Time // the engine's start: the age of data of unknown age
+	strategy Strategy
+	rec      recorder
+	deps     dependencies
+	terms    *termGate
+	slots    func() chan struct{} // the engine's current concurrency slots
+	setupBo  Backoff
 	// wake has a buffer of one and is sent to without blocking: any burst of
 	// events becomes one wake-up.
 	wake chan struct{}
 	// cancel stops the worker (set when started); done closes when it has.
 	cancel context.CancelFunc
 	done   chan struct{}
+	// prev is the worker this one replaces (reload): it runs only after
+	// prev has finished, and takes over its state first.
+	prev *worker
 
 	mu         sync.Mutex
-	p          pending
-	ready      bool // set-up succeeded in this leadership term
+	sched      schedule
+	successor  *worker // set when replaced: late events go there
+	removed    bool    // no longer configured: its series go when it ends
+	ready      bool    // set-up succeeded in this leadership term
 	setupErr   error
 	defErr     error                  // a definition change that could not be applied
 	inferred   []config.QualifiedName // undeclared upstream views found in pg_depend
 	setupAt    time.Time              // next set-up attempt
-	setupTries int
-	inProgress bool
-	failures   int
-	retryAt    time.Time
-	nextTick   time.Time
+	setupTry   int
+	refreshing bool
 	// Last known results, for /status and staleness at start-up.
 	asOf        time.Time
 	lastSuccess time.Time
-	lastResult  string
+	lastResult  Result
 	lastError   string
-	lastTrigger string
+	lastTrigger Trigger
 	lastDur     time.Duration
-}
-
-func newWorker(e *Engine, v *config.View) *worker {
-	return &worker{
-		e:    e,
-		view: v,
-		name: v.Name.String(),
-		log:  e.log.With(zap.String("view", v.Name.String())),
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
-	}
 }
 
 func (w *worker) poke() {
@@ -65,42 +91,52 @@ func (w *worker) poke() {
 	}
 }
 
-// update applies fn to the state under the lock and wakes the worker.
+// update applies fn to the pending state under the lock and wakes the
+// worker. A replaced worker passes it on to its successor, so an event that
+// raced with a reload is not lost.
 func (w *worker) update(fn func(p *pending)) {
 	w.mu.Lock()
-	fn(&w.p)
+	if s := w.successor; s != nil {
+		w.mu.Unlock()
+		s.update(fn)
+		return
+	}
+	fn(&w.sched.p)
 	w.mu.Unlock()
 	w.poke()
 }
 
-// run is the worker loop: wait for the engine to be active (leader with
-// schema in place), set the view up, then refresh when the state or the
-// schedule says so. refreshCtx outlives ctx by the shutdown grace period so
-// a running refresh can finish.
+// run is the worker loop: wait for a leadership term, set the view up, then
+// do what the policy says. refreshCtx outlives ctx by the shutdown grace
+// period so a running refresh can finish.
 func (w *worker) run(ctx, refreshCtx context.Context) {
+	if w.prev != nil {
+		// Unconditionally: prev was cancelled when replaced and ends after
+		// its current refresh; what it owes must pass on even if w is
+		// itself replaced (or stopped) before it ran.
+		<-w.prev.done
+		w.inherit(w.prev)
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	w.mu.Lock()
-	if w.view.ScheduleSpec != nil {
-		w.nextTick = w.view.ScheduleSpec.Next(time.Now())
-	}
-	w.mu.Unlock()
 	for ctx.Err() == nil {
-		active, changed := w.e.active.get()
-		now := time.Now()
-		var wakeAt time.Time
-		if active {
-			wakeAt = w.step(ctx, refreshCtx, now)
+		t, changed := w.terms.get()
+		now := w.now()
+		var next time.Time
+		if t != nil {
+			next = w.step(ctx, refreshCtx, t, now)
 		} else {
-			w.skipTicks(now)
+			w.mu.Lock()
+			w.sched.idle(now)
+			w.mu.Unlock()
 		}
-		if wakeAt.IsZero() || !active {
-			wakeAt = now.Add(time.Hour)
+		if next.IsZero() {
+			next = now.Add(time.Hour)
 		}
-		if !wakeAt.After(now) {
+		if !next.After(now) {
 			continue
 		}
-		timer.Reset(wakeAt.Sub(now))
+		timer.Reset(next.Sub(now))
 		select {
 		case <-ctx.Done():
 			return
@@ -117,17 +153,8 @@ func (w *worker) run(ctx, refreshCtx context.Context) {
 	}
 }
 
-// skipTicks advances the schedule while not leading.
-func (w *worker) skipTicks(now time.Time) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for w.view.ScheduleSpec != nil && !w.nextTick.After(now) {
-		w.nextTick = w.view.ScheduleSpec.Next(now)
-	}
-}
-
-// step does whatever is due now and returns when to look again.
-func (w *worker) step(ctx, refreshCtx context.Context, now time.Time) time.Time {
+// step does whatever is due now in term t and returns when to look again.
+func (w *worker) step(ctx, refreshCtx context.Context, t *term, now time.Time) time.Time {
 	w.mu.Lock()
 	ready, setupAt := w.ready, w.setupAt
 	w.mu.Unlock()
@@ -135,212 +162,272 @@ func (w *worker) step(ctx, refreshCtx context.Context, now time.Time) time.Time 
 		if now.Before(setupAt) {
 			return setupAt
 		}
-		if w.upstreamNotReady() {
-			// Its query reads them: create them first.
-			return now.Add(200 * time.Millisecond)
+		if !w.deps.upstreamsReady(w.view.DependsOn) {
+			return now.Add(upstreamSetupWait)
 		}
-		if !w.setup(ctx) {
+		if !w.setup(ctx, t) {
 			w.mu.Lock()
 			defer w.mu.Unlock()
 			return w.setupAt
 		}
 	}
-
+	ups := w.deps.upstreamStates(w.upstreams(), now)
 	w.mu.Lock()
-	pl := w.p.nextRefresh(w.view.Settings, now, w.retryAt)
-	tick := w.view.ScheduleSpec != nil && !w.nextTick.After(now)
-	var skipped bool
-	if tick {
-		for !w.nextTick.After(now) {
-			w.nextTick = w.view.ScheduleSpec.Next(now)
-		}
-		if w.p.scheduledTickRefreshes(w.view.Settings) {
-			if pl.at.IsZero() || pl.at.After(now) {
-				pl = plan{at: now, trigger: metrics.TriggerSchedule}
-			}
-		} else {
-			skipped = true
-		}
-	}
-	nextTick := w.nextTick
+	d := w.sched.decide(now, ups)
 	w.mu.Unlock()
-
-	if skipped {
-		w.e.m.Refreshes.WithLabelValues(w.name, metrics.TriggerSchedule, metrics.ResultSkipped).Inc()
+	if d.skippedTick {
+		w.rec.Skipped(string(TriggerSchedule))
 		w.log.Debug("scheduled refresh skipped: no change since the last refresh")
 	}
-	if !pl.at.IsZero() && !pl.at.After(now) {
-		if w.waitingForUpstream() {
-			// The upstream's refresh pokes us; the timer is a backstop.
-			return now.Add(500 * time.Millisecond)
-		}
-		w.refresh(ctx, refreshCtx, pl.trigger)
-		return time.Now() // look again: more may have arrived meanwhile
+	if !d.refresh {
+		return d.next
 	}
-	return earliest(pl.at, nextTick)
+	w.refresh(ctx, refreshCtx, t, d.trigger)
+	return w.now() // look again: more may have arrived meanwhile
 }
 
-func earliest(a, b time.Time) time.Time {
-	switch {
-	case a.IsZero():
-		return b
-	case b.IsZero():
-		return a
-	case a.Before(b):
-		return a
-	}
-	return b
+// termContext returns a context that ends with parent or with the term,
+// whichever comes first.
+func termContext(parent context.Context, t *term) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(parent)
+	stop := context.AfterFunc(t.ctx, cancel)
+	return ctx, func() { stop(); cancel() }
 }
 
 // setup makes the view exist as declared; on failure it schedules a retry.
 // A broken view is reported (metric, status, log) and retried, never fatal.
-func (w *worker) setup(ctx context.Context) bool {
-	created, err := EnsureView(ctx, w.e.pool, w.view)
-	if err == nil && !created {
-		w.applyDefinition(ctx)
-	}
+func (w *worker) setup(ctx context.Context, t *term) bool {
+	sctx, cancel := termContext(ctx, t)
+	defer cancel()
+	res, err := w.strategy.Setup(sctx, w.view, t.fence)
 	if err == nil {
-		w.checkDependencies(ctx)
+		w.checkDependencies(sctx)
 	}
+	now := w.now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err != nil {
-		if ctx.Err() != nil {
+		if sctx.Err() != nil {
 			return false
 		}
-		w.setupTries++
-		d := w.e.opts.SetupBackoff.Delay(w.setupTries)
-		w.setupAt = time.Now().Add(d)
+		w.setupTry++
+		d := w.setupBo.Delay(w.setupTry)
+		w.setupAt = now.Add(d)
 		if w.setupErr == nil || w.setupErr.Error() != err.Error() {
 			w.log.Error("view set-up failed; will retry", zap.Error(err), zap.Duration("retry_in", d))
 		}
 		w.setupErr = err
-		w.e.m.ViewReady.WithLabelValues(w.name).Set(0)
+		w.rec.Ready(false)
 		return false
 	}
 	if w.setupErr != nil {
 		w.log.Info("view set-up succeeded after failures")
 	}
-	w.ready, w.setupErr, w.setupTries = true, nil, 0
-	if created {
-		w.log.Info("created materialized view (WITH NO DATA); populating it")
+	w.ready, w.setupErr, w.setupTry = true, nil, 0
+	switch {
+	case res.Created:
+		w.log.Info("created the view empty; populating it")
 		w.asOf = time.Time{}
-		w.p.catchup(time.Now(), time.Now(), metrics.TriggerStartup)
+		w.sched.p.catchup(now, now, TriggerStartup)
+	case res.Adopted:
+		w.log.Info("adopted an existing materialized view: its definition is assumed to match the configuration")
+	case res.Rebuilt:
+		w.log.Info("view rebuilt with the new definition and swapped in", zap.Time("data_as_of", res.AsOf))
+		// The rebuilt data is as of the build, whatever the old as-of was.
+		w.asOf, w.lastSuccess = res.AsOf, now
+		w.rec.Success(res.AsOf, now)
 	}
-	w.e.m.ViewReady.WithLabelValues(w.name).Set(1)
+	if res.DefinitionErr != nil && (w.defErr == nil || w.defErr.Error() != res.DefinitionErr.Error()) {
+		w.log.Error("view definition not applied; the old definition stays in use", zap.Error(res.DefinitionErr))
+	}
+	w.defErr = res.DefinitionErr
+	w.rec.Ready(true)
 	return true
 }
 
-// applyDefinition rebuilds the view beside the old one when its configured
-// definition differs from the one it was built with. A failed rebuild keeps
-// the old definition refreshing and is reported.
-func (w *worker) applyDefinition(ctx context.Context) {
-	change, err := CheckDefinition(ctx, w.e.pool, w.view)
-	if err == nil && change == DefinitionUnknown {
-		w.log.Info("adopted an existing materialized view: its definition is assumed to match the configuration")
-	}
-	if err == nil && change == DefinitionChanged {
-		w.log.Info("view definition changed: rebuilding it beside the old one")
-		start := time.Now()
-		if err = Swap(ctx, w.e.pool, w.view, w.e.opts.Identity); err == nil {
-			w.log.Info("view rebuilt with the new definition and swapped in", zap.Duration("duration", time.Since(start)))
-			w.mu.Lock()
-			w.asOf = time.Time{} // reloaded from the status row below
-			w.mu.Unlock()
-			_ = w.e.loadStatus(ctx)
-		}
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.defErr = err
-	if err != nil {
-		w.log.Error("view definition not applied; the old definition stays in use", zap.Error(err))
-	}
-}
-
 // refresh runs one refresh now (waiting for a concurrency slot first) and
-// folds its result into the state.
-func (w *worker) refresh(ctx, refreshCtx context.Context, trigger string) {
-	w.e.mu.Lock()
-	sem := w.e.sem // a reload may replace it; release to the one we took
-	w.e.mu.Unlock()
+// folds its result into the state. It runs within the term: when the term
+// ends, the refresh is cancelled (and its commit is fenced anyway).
+func (w *worker) refresh(ctx, refreshCtx context.Context, t *term, trigger Trigger) {
+	sem := w.slots() // a reload may replace it; release to the one we took
 	select {
 	case sem <- struct{}{}:
 	case <-ctx.Done():
 		return
+	case <-t.ctx.Done():
+		return
 	}
 	defer func() { <-sem }()
+	rctx, cancel := termContext(refreshCtx, t)
+	defer cancel()
 
-	// Take what is owed now: changes seen from here on may not be in this
-	// refresh's snapshot and cause one follow-up.
 	w.mu.Lock()
-	taken := w.p
-	w.p = pending{}
-	w.inProgress = true
+	taken := w.sched.begin()
+	w.refreshing = true
 	w.mu.Unlock()
 
-	out, err := w.e.refresher.Refresh(refreshCtx, w.view, trigger)
-	canceled := err != nil && isCanceled(refreshCtx, err)
+	out, err := w.strategy.Refresh(rctx, w.view, trigger, t.fence)
+	deposed := errors.Is(err, ErrNotLeader) || (err != nil && t.ctx.Err() != nil)
+	canceled := err != nil && (deposed || isCanceled(rctx, err))
 	if err != nil && !canceled {
-		if rerr := w.e.refresher.RecordFailure(refreshCtx, w.view, trigger, out.Duration, err); rerr != nil {
+		if rerr := w.strategy.RecordFailure(refreshCtx, w.view, trigger, out.Duration, err); rerr != nil {
 			w.log.Warn("could not record failed refresh", zap.Error(rerr))
 		}
 	}
-
-	w.e.m.Duration.WithLabelValues(w.name).Observe(out.Duration.Seconds())
-	w.e.m.Refreshes.WithLabelValues(w.name, trigger, resultOf(err)).Inc()
-
-	if err == nil {
-		// Deferred before the unlock below, so it runs after it.
-		defer w.afterRefresh(refreshCtx, taken, out)
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.inProgress = false
-	w.lastTrigger = trigger
-	w.lastDur = out.Duration
-	fields := []zap.Field{zap.String("trigger", trigger), zap.Duration("duration", out.Duration)}
+	result := ResultSuccess
 	if err != nil {
-		w.p.merge(taken)
-		w.p.manual = false // a manual request is answered by this attempt
-		w.failures++
-		w.lastResult, w.lastError = metrics.ResultError, errorText(err)
-		if canceled {
+		result = ResultError
+	}
+	w.rec.Refresh(string(trigger), string(result), out.Duration)
+
+	now := w.now()
+	w.mu.Lock()
+	w.refreshing = false
+	w.lastTrigger, w.lastDur = trigger, out.Duration
+	retryIn := w.sched.finished(now, taken, err != nil, canceled)
+	fields := []zap.Field{zap.String("trigger", string(trigger)), zap.Duration("duration", out.Duration)}
+	if err != nil {
+		w.lastResult, w.lastError = ResultError, errorText(err)
+		w.mu.Unlock()
+		switch {
+		case deposed:
+			w.log.Warn("refresh stopped: this replica no longer leads; the view keeps its previous data", append(fields, zap.Error(err))...)
+		case canceled:
 			w.log.Warn("refresh cancelled; the view keeps its previous data", append(fields, zap.Error(err))...)
-			return
+		default:
+			w.log.Error("refresh failed; the view keeps its previous data",
+				append(fields, zap.String("result", string(ResultError)), zap.Error(err), zap.Duration("retry_in", retryIn))...)
 		}
-		d := w.e.opts.RetryBackoff.Delay(w.failures)
-		w.retryAt = time.Now().Add(d)
-		w.log.Error("refresh failed; the view keeps its previous data",
-			append(fields, zap.String("result", metrics.ResultError), zap.Error(err), zap.Duration("retry_in", d))...)
 		return
 	}
-	w.failures, w.retryAt = 0, time.Time{}
-	w.asOf, w.lastSuccess = out.AsOf, out.FinishedAt
-	w.lastResult, w.lastError = metrics.ResultSuccess, ""
-	w.e.m.LastSuccess.WithLabelValues(w.name).Set(float64(out.FinishedAt.UnixNano()) / 1e9)
-	w.e.m.DataAsOf.WithLabelValues(w.name).Set(float64(out.AsOf.UnixNano()) / 1e9)
+	if out.AsOf.After(w.asOf) {
+		w.asOf = out.AsOf
+	}
+	w.lastSuccess = out.FinishedAt
+	w.lastResult, w.lastError = ResultSuccess, ""
+	w.mu.Unlock()
+	w.rec.Success(out.AsOf, out.FinishedAt)
 	w.log.Info("refreshed", append(fields,
-		zap.String("result", metrics.ResultSuccess),
+		zap.String("result", string(ResultSuccess)),
 		zap.Bool("concurrently", out.Concurrently),
 		zap.Int64("changes", taken.count),
 		zap.Time("data_as_of", out.AsOf))...)
+	w.afterRefresh(refreshCtx, taken, out)
 }
 
 // afterRefresh runs outside the worker's lock: dependents learn of the new
-// data, and a concurrent refresh's dead rows are vacuumed when they pile up
-// (VACUUM cannot run inside the refresh's transaction).
+// data, and the strategy does its upkeep.
 func (w *worker) afterRefresh(ctx context.Context, taken pending, out Outcome) {
-	w.refreshedUpstream(taken, out.AsOf)
-	if !out.Concurrently || w.view.VacuumThreshold <= 0 {
-		return
+	at := out.AsOf
+	if taken.dirty && taken.oldest.Before(at) {
+		at = taken.oldest
 	}
-	dead, vacuumed, err := w.e.refresher.MaybeVacuum(ctx, w.view)
+	w.deps.refreshed(w.view.Name, at, w.now())
+	mctx, cancel := context.WithTimeout(ctx, w.view.StatementTimeout)
+	defer cancel()
+	m, err := w.strategy.Maintain(mctx, w.view, out)
 	switch {
 	case err != nil:
-		w.log.Warn("vacuum after refresh failed", zap.Error(err))
-	case vacuumed:
-		w.e.m.Vacuums.WithLabelValues(w.name).Inc()
-		w.log.Info("vacuumed the view", zap.Int64("dead_rows", dead))
+		w.log.Warn("upkeep after refresh failed", zap.Error(err))
+	case m.Vacuumed:
+		w.rec.Vacuumed()
+		w.log.Info("vacuumed the view", zap.Int64("dead_rows", m.DeadRows))
 	}
+}
+
+// checkDependencies infers undeclared dependencies on other managed views
+// (declaring them is better: it also orders the first refresh), logging
+// each once.
+func (w *worker) checkDependencies(ctx context.Context) {
+	inferred, err := w.deps.inferUpstreams(ctx, w.view)
+	if err != nil {
+		w.log.Warn("could not check dependencies", zap.Error(err))
+		return
+	}
+	w.mu.Lock()
+	old := w.inferred
+	w.inferred = inferred
+	w.mu.Unlock()
+	if len(inferred) > 0 && !slices.Equal(old, inferred) {
+		names := make([]string, len(inferred))
+		for i, r := range inferred {
+			names[i] = r.String()
+		}
+		w.log.Warn("view reads managed views it does not declare in depends_on; treating them as dependencies", zap.Strings("inferred", names))
+	}
+}
+
+// upstreams are the managed views w reads: declared and inferred.
+func (w *worker) upstreams() []config.QualifiedName {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append(slices.Clone(w.view.DependsOn), w.inferred...)
+}
+
+// upstreamState is what w's dependents need to know of it.
+func (w *worker) upstreamState(now time.Time) upstreamState {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	us := upstreamState{refreshing: w.refreshing}
+	if w.ready {
+		us.due = w.sched.planned(now)
+	}
+	return us
+}
+
+// inherit takes over a replaced worker's state (reload). From here on,
+// events that still reach old are passed on to w.
+func (w *worker) inherit(old *worker) {
+	old.mu.Lock()
+	owed := old.sched.begin()
+	old.successor = w
+	failures := old.sched.failures
+	asOf, lastSuccess := old.asOf, old.lastSuccess
+	result, lastErr, trigger, dur := old.lastResult, old.lastError, old.lastTrigger, old.lastDur
+	old.mu.Unlock()
+	w.mu.Lock()
+	w.sched.p.merge(owed)
+	w.sched.failures = failures
+	if asOf.After(w.asOf) {
+		w.asOf = asOf
+	}
+	if lastSuccess.After(w.lastSuccess) {
+		w.lastSuccess = lastSuccess
+	}
+	w.lastResult, w.lastError, w.lastTrigger, w.lastDur = result, lastErr, trigger, dur
+	w.mu.Unlock()
+	w.poke()
+}
+
+// staleness is the age of the oldest change not in the view. Without change
+// detection any change may be missing, so it is the age of the data. A
+// follower tracks no changes and reports 0: the leader's figure is the one
+// that counts (alert on the maximum over replicas). Caller holds w.mu.
+func (w *worker) staleness(now time.Time, leader bool) time.Duration {
+	if !leader {
+		return 0
+	}
+	if w.view.ChangeDetection == config.DetectNone {
+		since := w.asOf
+		if since.IsZero() {
+			since = w.started
+		}
+		return max(now.Sub(since), 0)
+	}
+	return w.sched.p.staleness(now)
+}
+
+// setAsOf raises the known data time and last success from the status
+// table; it never lowers them (a read may be older than a refresh that
+// committed meanwhile).
+func (w *worker) setAsOf(asOf, success time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if asOf.After(w.asOf) {
+		w.asOf = asOf
+	}
+	if success.After(w.lastSuccess) {
+		w.lastSuccess = success
+	}
+	w.rec.Success(w.asOf, w.lastSuccess)
 }
