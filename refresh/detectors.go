@@ -16,28 +16,41 @@ import (
 // reload may start using it).
 const idleRecheck = time.Second
 
-// runDetectors runs the polling change detectors (changelog, stats) of the
-// views that use them, for one leadership term. Notify needs no poller: the
-// listener feeds it. Each poller reads the current views before every poll,
-// so it follows a reload, and idles while no view uses its mode.
-func (e *Engine) runDetectors(ctx context.Context) {
+// changeDetector is one change_detection mode at work during a leadership
+// term: it watches the sources of the views that use it and tells a
+// changeSink what changed, what it may have missed and when it is blind.
+// notify is pushed to us (detect_notify.go); changelog and stats are polled
+// (a poller around a detector).
+type changeDetector interface {
+	mode() string
+	run(ctx context.Context)
+}
+
+// runDetectors runs every change detector for term t until it ends. Each
+// reads the current views as it goes, so it follows a reload, and idles
+// while no view uses its mode; notify also carries the term's start (see
+// notifyDetector) and manual requests from other replicas.
+func (e *Engine) runDetectors(t *term) {
 	logFor := func(mode string) *zap.Logger {
 		return e.log.Named("detector").With(zap.String("change_detection", mode))
 	}
-	var wg sync.WaitGroup
+	detectors := []changeDetector{e.notifyDetector(t)}
 	for _, d := range []detector{
 		newChangelogDetector(e.pool, logFor(config.DetectChangelog)),
 		newStatsDetector(e.pool),
 	} {
-		p := &poller{
+		detectors = append(detectors, &poller{
 			d:       d,
 			sink:    e,
 			plan:    func() watchPlan { return e.watchPlan(d.mode()) },
 			active:  e.terms.active,
 			log:     logFor(d.mode()),
 			backoff: e.opts.ConnectBackoff,
-		}
-		wg.Go(func() { p.run(ctx) })
+		})
+	}
+	var wg sync.WaitGroup
+	for _, d := range detectors {
+		wg.Go(func() { d.run(t.ctx) })
 	}
 	wg.Wait()
 }
@@ -126,6 +139,8 @@ type poller struct {
 	log     *zap.Logger
 	backoff Backoff
 }
+
+func (p *poller) mode() string { return p.d.mode() }
 
 func (p *poller) run(ctx context.Context) {
 	mode := p.d.mode()

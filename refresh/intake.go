@@ -2,8 +2,6 @@ package refresh
 
 import (
 	"context"
-	"encoding/json"
-	"math"
 	"time"
 
 	"go.uber.org/zap"
@@ -12,8 +10,8 @@ import (
 	dbsql "github.com/refresherd/refresherd/sql"
 )
 
-// Notification intake: what the listener and the change detectors report
-// (the changeSink interface), and manual requests, routed to the workers.
+// Change intake: what the change detectors report (the changeSink
+// interface) and manual requests, routed to the workers.
 
 // setListener records the listener state.
 func (e *Engine) setListener(up bool) {
@@ -24,47 +22,6 @@ func (e *Engine) setListener(up bool) {
 		e.m.ListenerConnected.Set(1)
 	} else {
 		e.m.ListenerConnected.Set(0)
-	}
-}
-
-// notification is the payload of the change trigger, or a control message
-// (op "refresh") sent by a replica that received SIGUSR1.
-type notification struct {
-	Schema string   `json:"schema"`
-	Table  string   `json:"table"`
-	TS     *float64 `json:"ts"`
-	Op     string   `json:"op"`
-}
-
-// notify routes one notification; it runs on the listener goroutine and
-// never blocks.
-func (e *Engine) notify(payload string, received time.Time) {
-	var n notification
-	if err := json.Unmarshal([]byte(payload), &n); err != nil {
-		e.m.NotificationsIgnored.Inc()
-		e.log.Debug("ignored notification: not JSON", zap.Int("bytes", len(payload)))
-		return
-	}
-	if n.Op == "refresh" {
-		e.log.Info("manual refresh requested through the database")
-		e.RefreshAll()
-		return
-	}
-	if n.TS == nil || math.IsNaN(*n.TS) || math.IsInf(*n.TS, 0) {
-		e.m.NotificationsIgnored.Inc()
-		return
-	}
-	// A transaction older than a day is implausible; a bogus time must not
-	// spike staleness.
-	at := received.Add(-24 * time.Hour)
-	switch secs := *n.TS; {
-	case secs > float64(received.Unix()):
-		at = received // clock skew; change() clamps to received anyway
-	case secs > float64(at.Unix()):
-		at = time.Unix(0, int64(secs*1e9))
-	}
-	if !e.SourceChanged(config.DetectNotify, config.QualifiedName{Schema: n.Schema, Name: n.Table}, at, received) {
-		e.m.NotificationsIgnored.Inc()
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/refresherd/refresherd/config"
-	dbsql "github.com/refresherd/refresherd/sql"
 )
 
 // term is one leadership term: refreshes run within its context, which
@@ -99,8 +98,9 @@ func (e *Engine) activate(t *term) bool {
 	return true
 }
 
-// lead runs one leadership term: schema, known status, then the listener,
-// whose first connect marks every view for a start-up refresh.
+// lead runs one leadership term: schema, known status, then the change
+// detectors; the notify detector's first LISTEN marks every view for a
+// start-up refresh and opens the term to refreshes.
 func (e *Engine) lead(t *term) {
 	ctx := t.ctx
 	log := e.log.Named("lead")
@@ -125,37 +125,7 @@ func (e *Engine) lead(t *term) {
 		w.ready, w.setupAt, w.setupTry = false, time.Time{}, 0
 		w.mu.Unlock()
 	}
-	first := true
-	detectorsDone := make(chan struct{})
-	go func() { defer close(detectorsDone); e.runDetectors(ctx) }()
-	defer func() { <-detectorsDone }()
-	(&Listener{
-		ConnConfig: e.sessionCfg,
-		Channel:    dbsql.NotifyChannel,
-		PingEvery:  e.opts.ListenerPingEvery,
-		Backoff:    e.opts.ConnectBackoff,
-		Log:        e.log.Named("listener"),
-		OnConnect: func(lastGood time.Time) {
-			e.setListener(true)
-			e.checkHealthSoon()
-			if first {
-				// LISTEN first, then mark the catch-up, then let workers
-				// set up and refresh: no change can fall in between.
-				first = false
-				e.startTerm(t)
-				e.activate(t)
-				return
-			}
-			e.m.ListenerReconnects.Inc()
-			e.ChangesMissed(config.DetectNotify, lastGood)
-		},
-		OnDisconnect: func(_ error, lastGood time.Time) {
-			e.checkHealthSoon()
-			e.setListener(false)
-			e.ChangesUnseen(config.DetectNotify, lastGood)
-		},
-		OnNotify: e.notify,
-	}).Run(ctx)
+	e.runDetectors(t)
 	e.setListener(false)
 }
 
