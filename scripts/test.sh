@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full check: formatting, vet, staticcheck and the race-enabled tests
 # against throwaway PostgreSQL clusters (each test package starts its own via
-# internal/pgtest; set REFRESHERD_TEST_PGURL to use an existing server).
+# internal/pgtest; set REFRESHERD_TEST_PGURL to use an existing server) and,
+# for internal/pgbouncertest, throwaway PgBouncers in front of them.
 # Extra arguments replace ./... as the packages to check.
 set -euo pipefail
 
@@ -13,8 +14,9 @@ fi
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "ensure PostgreSQL is installed"
+step "ensure PostgreSQL and PgBouncer are installed"
 bash scripts/ensure-postgres.sh
+bash scripts/ensure-pgbouncer.sh
 
 step "gofmt"
 # Untracked files count too: the tree is checked before it is committed.

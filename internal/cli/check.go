@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/internal/pooler"
 	"github.com/refresherd/refresherd/refresh"
 	dbsql "github.com/refresherd/refresherd/sql"
 )
@@ -24,14 +25,20 @@ is a populated materialized view with (or able to get) a unique index usable
 by REFRESH ... CONCURRENTLY; each query plans (EXPLAIN in a read-only
 transaction that is rolled back).
 
+The database connection also tells whether a connection pooler such as
+PgBouncer sits in front of the server: through database.url any pool mode
+works; LISTEN and the leader lock need a session of their own, which a
+transaction or statement pool does not give: set database.direct_url.
+
 Output on stdout, one line per check:
   ok <subject>: <what was found>
+  WARNING <subject>: <what may be wrong, depending on what check cannot see>
   PROBLEM <subject>: <what is wrong and how to fix it>
 where subject is "config", "database", "refresherd schema" or a view name.
 The configuration error, if any, reads as it does for 'refresherd run'.
 
-Exit codes: 0 no problem, 1 problems found (or the database is
-unreachable), 2 bad usage or configuration.`
+Exit codes: 0 no problem (warnings allowed), 1 problems found (or the
+database is unreachable), 2 bad usage or configuration.`
 
 const (
 	// checkTimeout bounds the whole preflight; each EXPLAIN also runs under
@@ -52,6 +59,12 @@ type checker struct {
 
 func (c *checker) ok(subject, format string, args ...any) {
 	fmt.Fprintf(c.env.Stdout, "ok %s: %s\n", subject, oneLine(fmt.Sprintf(format, args...)))
+}
+
+// warn reports what may be wrong, depending on what check cannot see (a
+// pooler's pool mode, say); warnings do not change the exit code.
+func (c *checker) warn(subject, format string, args ...any) {
+	fmt.Fprintf(c.env.Stdout, "WARNING %s: %s\n", subject, oneLine(fmt.Sprintf(format, args...)))
 }
 
 func (c *checker) problem(subject, format string, args ...any) {
@@ -93,14 +106,8 @@ func runCheck(args []string, env Env) int {
 		c.problem("database", "%v", err)
 		return c.finish()
 	}
-	if s.cfg.Database.DirectURL != "" {
-		setAppName(s.sessionCfg, "refresherd-check")
-		if dc, err := connect(ctx, s.sessionCfg); err != nil {
-			c.problem("database", "cannot connect (database.direct_url, used for LISTEN and the leader lock): %v", err)
-		} else {
-			closeConn(dc)
-			c.ok("database", "database.direct_url connects")
-		}
+	if err := c.checkPoolers(ctx, s, conn); err != nil {
+		c.problem("database", "%v", err)
 	}
 	if err := c.checkSchema(ctx, conn); err != nil {
 		c.problem("refresherd schema", "%v", err)
@@ -112,6 +119,74 @@ func runCheck(args []string, env Env) int {
 		}
 	}
 	return c.finish()
+}
+
+// checkPoolers finds connection poolers in front of the server. Through
+// database.url any pooler is fine: its connections use unnamed statements
+// (see connConfigs). The session URL (database.direct_url, else
+// database.url) carries LISTEN and the leader lock, which a pooler that
+// shares server connections between clients breaks. conn is the
+// database.url connection.
+func (c *checker) checkPoolers(ctx context.Context, s *dbSetup, conn *pgx.Conn) error {
+	pooled, err := pooler.Detect(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if pooled {
+		// The modes a transaction pool may break: named statements, and a
+		// describe and an execute that may land on different server
+		// connections. Only a URL that sets the parameter gets them.
+		switch s.poolCfg.ConnConfig.DefaultQueryExecMode {
+		case pgx.QueryExecModeCacheStatement:
+			c.warn("database", "database.url goes through a connection pooler and sets default_query_exec_mode=cache_statement: behind PgBouncer in transaction mode "+
+				"that needs PgBouncer 1.21+ with max_prepared_statements, or refreshes fail with prepared statement errors; without the parameter refresherd uses unnamed statements, which every pool mode carries")
+		case pgx.QueryExecModeDescribeExec:
+			c.warn("database", "database.url goes through a connection pooler and sets default_query_exec_mode=describe_exec: behind a transaction pool "+
+				"a statement's describe and execute may reach different server connections; without the parameter refresherd uses unnamed statements, which every pool mode carries")
+		default:
+			c.ok("database", "database.url goes through a connection pooler: refresherd sends it unnamed statements, which every pool mode carries")
+		}
+	}
+
+	key, sessionConn, sessionCfg := "database.url", conn, s.poolCfg.ConnConfig
+	if s.cfg.Database.DirectURL != "" {
+		key, sessionCfg = "database.direct_url", s.sessionCfg
+		setAppName(sessionCfg, "refresherd-check")
+		dc, err := connect(ctx, sessionCfg)
+		if err != nil {
+			c.problem("database", "cannot connect (database.direct_url, used for LISTEN and the leader lock): %v", err)
+			return nil
+		}
+		defer closeConn(dc)
+		sessionConn = dc
+		if pooled, err = pooler.Detect(ctx, dc); err != nil {
+			return err
+		}
+		if !pooled {
+			c.ok("database", "database.direct_url connects to PostgreSQL itself (no pooler in between): LISTEN and the leader lock get a session of their own")
+			return nil
+		}
+	}
+	if !pooled {
+		return nil
+	}
+	shared, err := pooler.SharesServerConnections(ctx, sessionConn, sessionCfg)
+	if err != nil {
+		return err
+	}
+	fix := "set database.direct_url to PostgreSQL itself or to a session-mode pool"
+	if key == "database.direct_url" {
+		fix = "point database.direct_url at PostgreSQL itself or at a session-mode pool"
+	}
+	if shared {
+		c.problem("database", "%s goes through a connection pooler that runs several clients' statements on one server connection (transaction or statement pooling), "+
+			"and refresherd runs LISTEN and holds the leader lock on it: both need a session of their own, so change notifications would be lost and "+
+			"two replicas could both refresh; %s", key, fix)
+		return nil
+	}
+	c.warn("database", "%s goes through a connection pooler (the server's backend pid differs from the one given at connect), and refresherd runs LISTEN "+
+		"and holds the leader lock on it: fine with session pooling; behind PgBouncer in transaction or statement mode, %s", key, fix)
+	return nil
 }
 
 func (c *checker) finish() int {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/refresherd/refresherd/config"
 )
 
@@ -77,5 +79,35 @@ func TestFormatting(t *testing.T) {
 	}
 	if got := oneLine("ERROR: x\nDETAIL:  y\n"); got != "ERROR: x DETAIL: y" {
 		t.Errorf("oneLine = %q", got)
+	}
+}
+
+func TestConnConfigsExecMode(t *testing.T) {
+	for _, tc := range []struct {
+		url, direct string
+		pool, sess  pgx.QueryExecMode
+	}{
+		// The default: unnamed statements on the pool, which a transaction
+		// pooler can carry; the session connection keeps pgx's cache.
+		{"postgres://app@pgbouncer:6432/app", "", pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement},
+		{"postgres://app@pgbouncer:6432/app", "postgres://app@db:5432/app", pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement},
+		{"host=pgbouncer port=6432 dbname=app", "", pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement},
+		// A URL that chooses keeps its choice, even pgx's own default.
+		{"postgres://app@pgbouncer:6432/app?default_query_exec_mode=cache_statement", "", pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheStatement},
+		{"host=pgbouncer dbname=app default_query_exec_mode=simple_protocol", "", pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeSimpleProtocol},
+		{"postgres://app@pgbouncer:6432/app", "postgres://app@db/app?default_query_exec_mode=cache_describe", pgx.QueryExecModeExec, pgx.QueryExecModeCacheDescribe},
+	} {
+		cfg := &config.Config{File: "c.yaml", MaxConcurrentRefreshes: 1, Database: config.Database{URL: tc.url, DirectURL: tc.direct}}
+		pool, sess, err := connConfigs(cfg)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.url, err)
+		}
+		if pool.ConnConfig.DefaultQueryExecMode != tc.pool || sess.DefaultQueryExecMode != tc.sess {
+			t.Errorf("url %q direct %q: pool %v, session %v; want %v, %v", tc.url, tc.direct,
+				pool.ConnConfig.DefaultQueryExecMode, sess.DefaultQueryExecMode, tc.pool, tc.sess)
+		}
+		if _, ok := pool.ConnConfig.RuntimeParams["default_query_exec_mode"]; ok {
+			t.Errorf("%q: default_query_exec_mode sent to the server as a run-time parameter", tc.url)
+		}
 	}
 }

@@ -90,12 +90,33 @@ func connConfigs(cfg *config.Config) (*pgxpool.Config, *pgx.ConnConfig, error) {
 	// database must not be flooded by its own summariser.
 	poolCfg.MaxConns = int32(cfg.MaxConcurrentRefreshes) + 2
 	tune(poolCfg.ConnConfig)
+	// database.url may be a pooler such as PgBouncer in transaction mode,
+	// which hands each transaction to any server connection: pgx's default
+	// named prepared statements ("stmtcache_...") then collide or vanish.
+	// Unnamed statements in one round trip work there and anywhere else. A
+	// URL that chooses a mode itself keeps it (e.g. PgBouncer 1.21+ with
+	// max_prepared_statements).
+	if !choosesExecMode(cfg.Database.URL) {
+		poolCfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
 	sessionCfg, err := pgx.ParseConfig(cfg.Database.SessionURL())
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: database.direct_url: not a valid PostgreSQL URL or DSN", cfg.File)
 	}
 	tune(sessionCfg)
 	return poolCfg, sessionCfg, nil
+}
+
+// choosesExecMode reports whether the URL sets default_query_exec_mode.
+// pgx.ParseConfig consumes the parameter; pgconn leaves unknown ones in
+// RuntimeParams, so parse again at that level to see it.
+func choosesExecMode(url string) bool {
+	c, err := pgconn.ParseConfig(url)
+	if err != nil {
+		return false // pgx.ParseConfig accepted it: cannot happen
+	}
+	_, ok := c.RuntimeParams["default_query_exec_mode"]
+	return ok
 }
 
 func tune(c *pgx.ConnConfig) {

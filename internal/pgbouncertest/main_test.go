@@ -1,0 +1,172 @@
+// Package pgbouncertest runs refresherd behind a real PgBouncer in
+// transaction pooling mode, as Django shops run it: database.url through
+// PgBouncer, database.direct_url straight to PostgreSQL for LISTEN and the
+// leader lock. The daemon and the commands are the built binary, run as
+// users run them; each test starts its own PgBouncer (installed with apt-get
+// when missing) in front of the package's throwaway cluster.
+package pgbouncertest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/refresherd/refresherd/internal/daemontest"
+	"github.com/refresherd/refresherd/internal/demodata"
+	"github.com/refresherd/refresherd/internal/pgbouncer"
+	"github.com/refresherd/refresherd/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+const view = "public.app_chargesummary"
+
+// bin is refresherd built once for this test binary.
+var bin daemontest.Binary
+
+// startBouncer starts PgBouncer in mode in front of the test server and
+// stops it at cleanup. A PgBouncer per test keeps each test's pools to
+// itself.
+func startBouncer(t *testing.T, mode string) *pgbouncer.Bouncer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // may install it
+	defer cancel()
+	b, err := pgbouncer.Start(ctx, pgtest.AdminURL(), pgbouncer.Options{Logf: t.Logf, PoolMode: mode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if log, err := os.ReadFile(b.LogPath()); err == nil {
+				t.Logf("pgbouncer log:\n%s", log)
+			}
+		}
+		b.Stop()
+	})
+	return b
+}
+
+// via is url through b.
+func via(t *testing.T, b *pgbouncer.Bouncer, url string) string {
+	t.Helper()
+	u, err := b.URL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// demoDB creates a database with the Django tables and n charges; it
+// returns the direct URL and a direct admin pool.
+func demoDB(t *testing.T, n int) (string, *pgxpool.Pool) {
+	t.Helper()
+	url := pgtest.NewDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := demodata.CreateSchema(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if err := demodata.Load(ctx, pool, demodata.DefaultSize(n)); err != nil {
+		t.Fatal(err)
+	}
+	return url, pool
+}
+
+// shippedConfig is the repository's config.yaml: database.url from
+// DATABASE_URL, database.direct_url from DATABASE_DIRECT_URL.
+func shippedConfig() string { return filepath.Join(daemontest.ModuleRoot(), "config.yaml") }
+
+// result is one finished command.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return "exit " + strconv.Itoa(r.code) + "\n--- stdout:\n" + r.stdout + "--- stderr:\n" + r.stderr
+}
+
+// lines returns the non-empty lines of s.
+func (r result) lines() []string {
+	var out []string
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// linesWith returns the stdout lines that start with prefix.
+func (r result) linesWith(prefix string) []string {
+	var out []string
+	for _, l := range r.lines() {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// cmd runs `refresherd ARGS` with only the given database variables.
+func cmd(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := exec.CommandContext(ctx, bin.Path(t), args...)
+	for _, e := range os.Environ() {
+		name, _, _ := strings.Cut(e, "=")
+		if name != "DATABASE_URL" && name != "DATABASE_DIRECT_URL" {
+			c.Env = append(c.Env, e)
+		}
+	}
+	c.Env = append(c.Env, env...)
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	err := c.Run()
+	r := result{stdout: stdout.String(), stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	default:
+		t.Fatalf("refresherd %v: %v", args, err)
+	}
+	return r
+}
+
+// startDaemon starts `refresherd run ARGS` and kills it at cleanup if it
+// still runs.
+func startDaemon(t *testing.T, env []string, args ...string) *daemontest.Proc {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := daemontest.Start(ctx, daemontest.Options{Binary: bin.Path(t), Args: args, Env: env})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !p.Exited() {
+			p.Kill()
+		}
+		if t.Failed() {
+			t.Logf("daemon logs:\n%s", p.Logs())
+		}
+	})
+	return p
+}
