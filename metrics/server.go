@@ -94,6 +94,27 @@ func (s *Server) Serve() error {
 	return nil
 }
 
+// Run serves until ctx is done, then shuts down, giving in-flight requests
+// ShutdownTimeout; it returns nil after a clean stop.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve() }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	defer cancel()
+	if err := s.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return <-errc
+}
+
+// ShutdownTimeout is how long in-flight requests get at shutdown.
+const ShutdownTimeout = 5 * time.Second
+
 // Shutdown stops the server, waiting for in-flight requests up to ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if err := s.srv.Shutdown(ctx); err != nil {

@@ -55,7 +55,7 @@ func (e *Elector) Run(ctx context.Context) {
 		}
 		attempt = 0
 		err = e.session(ctx, conn, key)
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), connCloseTimeout)
 		_ = conn.Close(closeCtx)
 		cancel()
 		if err != nil && ctx.Err() == nil {
@@ -65,7 +65,7 @@ func (e *Elector) Run(ctx context.Context) {
 }
 
 func (e *Elector) connect(ctx context.Context) (*pgx.Conn, error) {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, sessionConnectTimeout)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(cctx, e.ConnConfig)
 	if err != nil {
@@ -85,14 +85,14 @@ func (e *Elector) session(ctx context.Context, conn *pgx.Conn, key int64) error 
 		// Resign first, so workers stop before anyone else can lead.
 		e.OnChange(false, 0)
 		e.Log.Info("leadership released")
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), connCloseTimeout)
 		defer cancel()
 		_, _ = conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, key)
 	}()
 	for {
 		if !leading {
 			var got bool
-			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			qctx, cancel := context.WithTimeout(ctx, sessionQueryTimeout)
 			err := conn.QueryRow(qctx, `SELECT pg_try_advisory_lock($1), pg_backend_pid()`, key).Scan(&got, &pid)
 			cancel()
 			if err != nil {
@@ -112,7 +112,7 @@ func (e *Elector) session(ctx context.Context, conn *pgx.Conn, key int64) error 
 		if !sleep(ctx, jitter(e.CheckEvery, 0.2)) {
 			return ctx.Err()
 		}
-		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		pctx, cancel := context.WithTimeout(ctx, sessionQueryTimeout)
 		err := conn.Ping(pctx)
 		cancel()
 		if err != nil {

@@ -60,7 +60,7 @@ func (l *Listener) Run(ctx context.Context) {
 		l.OnConnect(lastGood)
 		lastGood = time.Now()
 		err = l.loop(ctx, conn, &lastGood)
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), connCloseTimeout)
 		_ = conn.Close(closeCtx)
 		cancel()
 		if ctx.Err() != nil {
@@ -72,7 +72,7 @@ func (l *Listener) Run(ctx context.Context) {
 }
 
 func (l *Listener) connect(ctx context.Context) (*pgx.Conn, error) {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, sessionConnectTimeout)
 	defer cancel()
 	// This connection only waits for notifications; nothing runs on the
 	// server that a cancel request could stop. With the cancel-request
@@ -110,7 +110,7 @@ func (l *Listener) loop(ctx context.Context, conn *pgx.Conn, lastGood *time.Time
 			return ctx.Err()
 		case errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err):
 			// Quiet for PingEvery: make sure the connection is alive.
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			pctx, cancel := context.WithTimeout(ctx, sessionQueryTimeout)
 			err := conn.Ping(pctx)
 			cancel()
 			if err != nil {

@@ -16,6 +16,11 @@ const (
 	defaultLeaderCheckEvery = 2 * time.Second
 	// defaultHealthEvery: database reachability for /readyz.
 	defaultHealthEvery = 5 * time.Second
+	// sessionConnectTimeout bounds connecting the leader and listener
+	// sessions.
+	sessionConnectTimeout = 10 * time.Second
+	// sessionQueryTimeout bounds a lock attempt or ping on those sessions.
+	sessionQueryTimeout = 5 * time.Second
 	// healthCheckTimeout bounds one health connect + ping.
 	healthCheckTimeout = 3 * time.Second
 	// connCloseTimeout bounds closing a connection (a dead server must not

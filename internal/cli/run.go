@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -193,8 +192,12 @@ func serve(cfg *config.Config, reload func() (*config.Config, error), poolCfg *p
 		zap.String("http", srv.Addr()),
 	)
 
+	// HTTP outlives the engine: probes and metrics answer during the
+	// shutdown grace period.
+	httpCtx, stopHTTP := context.WithCancel(context.Background())
+	defer stopHTTP()
 	httpErr := make(chan error, 1)
-	go func() { httpErr <- srv.Serve() }()
+	go func() { httpErr <- srv.Run(httpCtx) }()
 	engDone := make(chan error, 1)
 	go func() { engDone <- eng.Run(ctx) }()
 
@@ -214,6 +217,7 @@ loop:
 				stop()
 			}
 		case err := <-httpErr:
+			httpErr = nil // stopped: never selected again
 			if err != nil {
 				runErr = err
 				stop()
@@ -225,10 +229,11 @@ loop:
 			break loop
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		log.Warn("http shutdown", zap.Error(err))
+	stopHTTP()
+	if httpErr != nil {
+		if err := <-httpErr; err != nil {
+			log.Warn("http shutdown", zap.Error(err))
+		}
 	}
 	if runErr == nil {
 		log.Info("stopped cleanly")
