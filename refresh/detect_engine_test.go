@@ -11,10 +11,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/refresherd/refresherd/config"
 	"github.com/refresherd/refresherd/metrics"
+	dbsql "github.com/refresherd/refresherd/sql"
 )
 
 // newTestEngine builds an engine over views with fast timings; pool may be
@@ -105,6 +107,39 @@ func writeAndFlush(t *testing.T, pool *pgxpool.Pool, sql string, rollback bool) 
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// settled waits until every detector of e has looked past this moment and
+// every view is idle with nothing owed: whatever the writes before it cause
+// has happened. Notify: a notification naming no watched table, sent now,
+// is counted as ignored once the listener got everything before it. The
+// pollers: two more successful polls (the first may have started before
+// now). Stats changes show in the counters only once the writer flushed
+// them, which writeAndFlush forces at commit.
+func settled(t *testing.T, e *Engine, pool *pgxpool.Pool) {
+	t.Helper()
+	ignored := testutil.ToFloat64(e.m.NotificationsIgnored)
+	mustExec(t, pool, `SELECT pg_notify($1, '{"schema":"public","table":"settle_marker","ts":0}')`, dbsql.NotifyChannel)
+	polls := map[string]int{}
+	for _, m := range []string{config.DetectChangelog, config.DetectStats} {
+		polls[m] = e.pollCount(m)
+	}
+	waitFor(t, 10*time.Second, "detectors to see past now and the views to be idle", func() bool {
+		if testutil.ToFloat64(e.m.NotificationsIgnored) <= ignored {
+			return false
+		}
+		for m, n := range polls {
+			if e.pollCount(m) < n+2 {
+				return false
+			}
+		}
+		for _, v := range e.Status().Views {
+			if v.InProgress || v.PendingChanges > 0 {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // refreshCounts returns the successful refreshes per view and trigger.
@@ -262,8 +297,9 @@ func TestDetectionModes(t *testing.T) {
 			})
 		}
 	}
-	// Let any spurious follow-up show, then count exactly.
-	time.Sleep(300 * time.Millisecond)
+	// Once every detector has seen past the writes and the views are idle,
+	// any spurious follow-up would have shown: count exactly.
+	settled(t, e, pool)
 	got := changes()
 	want := map[string]int{config.DetectNotify: 4, config.DetectChangelog: 4, config.DetectStats: 4, config.DetectNone: 0}
 	if !maps.Equal(got, want) {
@@ -274,7 +310,7 @@ func TestDetectionModes(t *testing.T) {
 	for _, m := range modes {
 		writeAndFlush(t, pool, fmt.Sprintf(`INSERT INTO public.src_%s VALUES (4, 4)`, m), true)
 	}
-	time.Sleep(time.Second)
+	settled(t, e, pool)
 	got = changes()
 	if got[config.DetectNotify] != 4 || got[config.DetectChangelog] != 4 || got[config.DetectNone] != 0 || got[config.DetectStats] > 5 {
 		t.Errorf("change refreshes after a rolled-back write: %v, want notify 4, changelog 4, stats 4 or 5, none 0", got)

@@ -46,6 +46,7 @@ func (e *Engine) runDetectors(t *term) {
 			active:  e.terms.active,
 			log:     logFor(d.mode()),
 			backoff: e.opts.ConnectBackoff,
+			polled:  func() { e.countPoll(d.mode()) },
 		})
 	}
 	var wg sync.WaitGroup
@@ -53,6 +54,21 @@ func (e *Engine) runDetectors(t *term) {
 		wg.Go(func() { d.run(t.ctx) })
 	}
 	wg.Wait()
+}
+
+// countPoll counts a successful poll of mode.
+func (e *Engine) countPoll(mode string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.polls[mode]++
+}
+
+// pollCount is how many successful polls mode has made (tests wait on it:
+// a poll that starts after a write has seen it).
+func (e *Engine) pollCount(mode string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.polls[mode]
 }
 
 // watchPlan is what one polling detector watches now.
@@ -138,6 +154,8 @@ type poller struct {
 	active  func() bool // refreshes of this term may have started
 	log     *zap.Logger
 	backoff Backoff
+	// polled, when set, is told of every successful poll (tests wait on it).
+	polled func()
 }
 
 func (p *poller) mode() string { return p.d.mode() }
@@ -212,6 +230,9 @@ func (p *poller) run(ctx context.Context) {
 			p.log.Info("change detection poll recovered", zap.Int("failed_polls", failures))
 		}
 		lastGood, failures = start, 0
+		if p.polled != nil {
+			p.polled()
+		}
 		if !sleep(ctx, time.Until(start.Add(wp.every))) {
 			return
 		}

@@ -91,8 +91,9 @@ type Engine struct {
 	term              *term // the current term, also before it is active
 	listenerConnected bool
 	dbErr             error
-	checks            int           // database checks done
-	healthNow         chan struct{} // buffer 1: a connection was lost or made, check the database now
+	checks            int            // database checks done
+	polls             map[string]int // successful polls per detector mode
+	healthNow         chan struct{}  // buffer 1: a connection was lost or made, check the database now
 	stopping          bool
 	termCount         int // leadership terms so far
 }
@@ -111,6 +112,7 @@ func New(cfg *config.Config, pool *pgxpool.Pool, sessionCfg *pgx.ConnConfig, m *
 		opts:       opts,
 		byName:     map[string]*worker{},
 		retiring:   map[string]*worker{},
+		polls:      map[string]int{},
 		sem:        make(chan struct{}, cfg.MaxConcurrentRefreshes),
 		terms:      newTermGate(),
 		started:    opts.Now(),
