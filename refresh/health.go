@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"go.uber.org/zap"
 )
 
@@ -73,6 +75,12 @@ func (e *Engine) healthConnConfig() *pgx.ConnConfig {
 	c := e.pool.Config().ConnConfig.Copy()
 	if c.RuntimeParams["application_name"] == "refresherd" {
 		c.RuntimeParams["application_name"] = "refresherd-health"
+	}
+	// A ping has nothing for a cancel request to stop: end a wait by the
+	// socket deadline at once, so a hung server reads as unreachable after
+	// healthCheckTimeout rather than that plus the cancel grace.
+	c.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.DeadlineContextWatcherHandler{Conn: pc.Conn()}
 	}
 	return c
 }
