@@ -78,9 +78,11 @@ VALUES ($1, $3, 'error', clock_timestamp() - make_interval(secs => $4), clock_ti
 // advisory lock (two refreshers never overlap, even while leadership moves),
 // the snapshot time, REFRESH, and the status row, committed together. On
 // error nothing of it commits: the view keeps its previous data.
-func (r *Refresher) Refresh(ctx context.Context, v *config.View, trigger string) (Outcome, error) {
+// fence, when not nil, is checked last before COMMIT: a replica that lost
+// leadership meanwhile commits nothing.
+func (r *Refresher) Refresh(ctx context.Context, v *config.View, trigger Trigger, fence Fence) (Outcome, error) {
 	start := time.Now()
-	out, err := r.refreshTx(ctx, v, trigger)
+	out, err := r.refreshTx(ctx, v, trigger, fence)
 	out.Duration = time.Since(start)
 	if err != nil {
 		return out, fmt.Errorf("refresh %s: %w", v.Name, err)
@@ -88,7 +90,7 @@ func (r *Refresher) Refresh(ctx context.Context, v *config.View, trigger string)
 	return out, nil
 }
 
-func (r *Refresher) refreshTx(ctx context.Context, v *config.View, trigger string) (Outcome, error) {
+func (r *Refresher) refreshTx(ctx context.Context, v *config.View, trigger Trigger, fence Fence) (Outcome, error) {
 	var out Outcome
 	tx, err := r.Pool.Begin(ctx)
 	if err != nil {
@@ -154,6 +156,11 @@ END $$`); err != nil {
 	if _, err := tx.Exec(ctx, logSuccessSQL, v.Name.String(), trigger, out.AsOf, r.Identity); err != nil {
 		return out, fmt.Errorf("record log: %w", err)
 	}
+	if fence != nil {
+		if err := fence(ctx, tx); err != nil {
+			return out, fmt.Errorf("fence: %w", err)
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return out, fmt.Errorf("commit: %w", err)
 	}
@@ -163,7 +170,7 @@ END $$`); err != nil {
 // RecordFailure writes a failed attempt in a transaction of its own, so the
 // status never claims a refresh that did not commit. It must work during
 // shutdown, hence its own short deadline detached from ctx's cancellation.
-func (r *Refresher) RecordFailure(ctx context.Context, v *config.View, trigger string, dur time.Duration, refreshErr error) error {
+func (r *Refresher) RecordFailure(ctx context.Context, v *config.View, trigger Trigger, dur time.Duration, refreshErr error) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if _, err := r.Pool.Exec(ctx, recordFailureSQL, v.Name.String(), errorText(refreshErr), trigger, dur.Seconds(), r.Identity); err != nil {

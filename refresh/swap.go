@@ -92,8 +92,9 @@ func PlanSwap(ctx context.Context, pool *pgxpool.Pool, v *config.View) (SwapPlan
 // renames them and drops the old, so readers see the old data until the
 // commit and the new data after, never an error or an empty view (a reader
 // waiting on the old view's lock re-resolves the name after the commit).
-// Privileges granted on the old view are granted on the new one.
-func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity string) error {
+// Privileges granted on the old view are granted on the new one. fence,
+// when not nil, is checked last before the swap commits.
+func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity string, fence Fence) error {
 	plan, err := PlanSwap(ctx, pool, v)
 	if err != nil {
 		return err
@@ -164,6 +165,11 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 				definition_hash = excluded.definition_hash, refreshed_by = excluded.refreshed_by, consecutive_failures = 0`,
 			v.Name.String(), asOf, DefinitionHash(v), identity); err != nil {
 			return fmt.Errorf("record definition: %w", err)
+		}
+		if fence != nil {
+			if err := fence(ctx, tx); err != nil {
+				return fmt.Errorf("fence: %w", err)
+			}
 		}
 		return nil
 	})

@@ -27,7 +27,7 @@ func TestSwapUnderConcurrentReaders(t *testing.T) {
 		t.Fatalf("fresh view: %v, %v; want same", ch, err)
 	}
 	r := &Refresher{Pool: pool, Identity: "test"}
-	if _, err := r.Refresh(ctx, v, "startup"); err != nil {
+	if _, err := r.Refresh(ctx, v, "startup", nil); err != nil {
 		t.Fatal(err)
 	}
 	mustExec(t, pool, `DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'swap_reader') THEN CREATE ROLE swap_reader; END IF; END $$`)
@@ -81,7 +81,7 @@ func TestSwapUnderConcurrentReaders(t *testing.T) {
 		})
 	}
 	time.Sleep(200 * time.Millisecond)
-	if err := Swap(ctx, pool, &nv, "test"); err != nil {
+	if err := Swap(ctx, pool, &nv, "test", nil); err != nil {
 		stop()
 		wg.Wait()
 		t.Fatal(err)
@@ -103,7 +103,7 @@ func TestSwapUnderConcurrentReaders(t *testing.T) {
 	}
 	// The swapped-in view refreshes concurrently (its unique index has the
 	// canonical name) and keeps the grant.
-	out, err := r.Refresh(ctx, &nv, "change")
+	out, err := r.Refresh(ctx, &nv, "change", nil)
 	if err != nil || !out.Concurrently {
 		t.Fatalf("refresh after swap: %v (concurrently %v)", err, out.Concurrently)
 	}
@@ -130,7 +130,7 @@ func TestSwapBlockedByDependentView(t *testing.T) {
 	mustExec(t, pool, `CREATE VIEW public.top_sums AS SELECT * FROM public.sums WHERE total > 10`)
 	nv := *v
 	nv.Query = `SELECT k, sum(v)::bigint AS total FROM public.src GROUP BY k`
-	err := Swap(ctx, pool, &nv, "test")
+	err := Swap(ctx, pool, &nv, "test", nil)
 	if err == nil || !strings.Contains(err.Error(), "public.top_sums") {
 		t.Fatalf("err = %v, want it to name public.top_sums", err)
 	}

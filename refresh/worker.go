@@ -242,7 +242,7 @@ func (w *worker) applyDefinition(ctx context.Context) {
 	if err == nil && change == DefinitionChanged {
 		w.log.Info("view definition changed: rebuilding it beside the old one")
 		start := time.Now()
-		if err = Swap(ctx, w.e.pool, w.view, w.e.opts.Identity); err == nil {
+		if err = Swap(ctx, w.e.pool, w.view, w.e.opts.Identity, nil); err == nil {
 			w.log.Info("view rebuilt with the new definition and swapped in", zap.Duration("duration", time.Since(start)))
 			w.mu.Lock()
 			w.asOf = time.Time{} // reloaded from the status row below
@@ -279,10 +279,10 @@ func (w *worker) refresh(ctx, refreshCtx context.Context, trigger string) {
 	w.inProgress = true
 	w.mu.Unlock()
 
-	out, err := w.e.refresher.Refresh(refreshCtx, w.view, trigger)
+	out, err := w.e.refresher.Refresh(refreshCtx, w.view, Trigger(trigger), nil)
 	canceled := err != nil && isCanceled(refreshCtx, err)
 	if err != nil && !canceled {
-		if rerr := w.e.refresher.RecordFailure(refreshCtx, w.view, trigger, out.Duration, err); rerr != nil {
+		if rerr := w.e.refresher.RecordFailure(refreshCtx, w.view, Trigger(trigger), out.Duration, err); rerr != nil {
 			w.log.Warn("could not record failed refresh", zap.Error(rerr))
 		}
 	}

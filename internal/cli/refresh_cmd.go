@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
-	"github.com/refresherd/refresherd/metrics"
 	"github.com/refresherd/refresherd/refresh"
 )
 
@@ -115,14 +114,14 @@ func refreshOne(ctx context.Context, r *refresh.Refresher, pool *pgxpool.Pool, v
 	}
 	rctx, cancel := context.WithTimeout(ctx, v.StatementTimeout+v.LockTimeout+refreshSlack)
 	defer cancel()
-	out, err := r.Refresh(rctx, v, metrics.TriggerManual)
+	out, err := r.Refresh(rctx, v, refresh.TriggerManual, nil)
 	if err != nil {
 		// An interrupted refresh is not a failure of the view: like the
 		// daemon on shutdown, record nothing.
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("%w (interrupted; the view keeps its previous data)", err)
 		}
-		if rerr := r.RecordFailure(ctx, v, metrics.TriggerManual, out.Duration, err); rerr != nil {
+		if rerr := r.RecordFailure(ctx, v, refresh.TriggerManual, out.Duration, err); rerr != nil {
 			return "", fmt.Errorf("%w; also: %w", err, rerr)
 		}
 		return "", err
