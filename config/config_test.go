@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -28,48 +29,50 @@ func env(kv ...string) func(string) string {
 // badConfigs maps each testdata/bad-*.yaml file to the exact error it must
 // produce. Every file must be listed, and every entry must have a file.
 var badConfigs = map[string]string{
-	"bad-alias-key.yaml":               `testdata/bad-alias-key.yaml:4: (top level): expected a plain key, got an alias`,
-	"bad-change-detection.yaml":        `testdata/bad-change-detection.yaml:7: views[0] (public.s).change_detection: expected notify, changelog, stats or none, got "polling"`,
-	"bad-cron-never.yaml":              `testdata/bad-cron-never.yaml:7: views[0] (public.s).schedule: cron expression "0 0 31 2 *" never fires (no date matches it)`,
-	"bad-cron-tz-no-space.yaml":        `testdata/bad-cron-tz-no-space.yaml:7: views[0] (public.s).schedule: invalid cron expression "CRON_TZ=UTC" (expected 5 fields such as "*/5 * * * *" or @every 30s): a time zone must be followed by a space and a schedule`,
-	"bad-duplicate-key.yaml":           `testdata/bad-duplicate-key.yaml:9: views[0] (public.s).debounce: duplicate key`,
-	"bad-duplicate-view.yaml":          `testdata/bad-duplicate-view.yaml:8: views[1].name: view public.s is already declared as views[0]`,
-	"bad-duration.yaml":                `testdata/bad-duration.yaml:4: refresh.debounce: expected a duration such as 500ms, 30s or 5m, got "10 seconds"`,
-	"bad-empty.yaml":                   `testdata/bad-empty.yaml: empty configuration`,
-	"bad-every-fraction.yaml":          `testdata/bad-every-fraction.yaml:7: views[0] (public.s).schedule: @every interval must be a whole number of seconds, got "@every 1500ms"`,
-	"bad-every-subsecond.yaml":         `testdata/bad-every-subsecond.yaml:4: refresh.schedule: @every interval must be at least 1s, got "@every 100ms"`,
-	"bad-log-format.yaml":              `testdata/bad-log-format.yaml:4: log.format: expected json or console, got "text"`,
-	"bad-mapping-for-string.yaml":      `testdata/bad-mapping-for-string.yaml:3: database.url: expected a string, got a mapping`,
-	"bad-max-concurrent-zero.yaml":     `testdata/bad-max-concurrent-zero.yaml:3: max_concurrent_refreshes: expected an integer >= 1, got 0`,
-	"bad-max-delay.yaml":               `testdata/bad-max-delay.yaml:9: views[0] (public.s).max_delay: must not be shorter than debounce (1.5s < 2s)`,
-	"bad-missing-query.yaml":           `testdata/bad-missing-query.yaml:4: views[0] (public.s).query: missing: set query or query_file`,
-	"bad-missing-sources.yaml":         `testdata/bad-missing-sources.yaml:4: views[0] (public.s).sources: missing: change_detection "notify" needs the source tables to watch (or set change_detection: none)`,
-	"bad-missing-unique-key.yaml":      `testdata/bad-missing-unique-key.yaml:4: views[0] (public.s).unique_key: missing: REFRESH ... CONCURRENTLY needs a unique key of NOT NULL columns, e.g. unique_key: [id]`,
-	"bad-multi-document.yaml":          `testdata/bad-multi-document.yaml:8: invalid YAML: more than one document (remove the extra ---)`,
-	"bad-name-empty-part.yaml":         `testdata/bad-name-empty-part.yaml:4: views[0].name: empty name part in "public..s"`,
-	"bad-name-no-schema.yaml":          `testdata/bad-name-no-schema.yaml:4: views[0].name: expected a qualified name schema.name, got "app_chargesummary"`,
-	"bad-name-space.yaml":              `testdata/bad-name-space.yaml:4: views[0].name: character ' ' needs the name part to be double-quoted in "public.charge summary"`,
-	"bad-name-three-parts.yaml":        `testdata/bad-name-three-parts.yaml:4: views[0].name: expected a qualified name schema.name, got "db.public.s"`,
-	"bad-name-unterminated-quote.yaml": `testdata/bad-name-unterminated-quote.yaml:4: views[0].name: unterminated quoted identifier in "public.\"Summary"`,
-	"bad-negative-duration.yaml":       `testdata/bad-negative-duration.yaml:4: shutdown.grace_period: expected a positive duration, got "-5s"`,
-	"bad-no-database-url.yaml":         `testdata/bad-no-database-url.yaml:2: database.url: no database URL: set database.url, the DATABASE_URL environment variable or --database-url`,
-	"bad-poll-interval-short.yaml":     `testdata/bad-poll-interval-short.yaml:8: views[0] (public.s).poll_interval: must be at least 10ms, got 1ms`,
-	"bad-depends-cycle.yaml":           `testdata/bad-depends-cycle.yaml:7: views[0] (public.a).depends_on: dependency cycle: public.a -> public.c -> public.b -> public.a`,
-	"bad-depends-unknown.yaml":         `testdata/bad-depends-unknown.yaml:7: views[0] (public.a).depends_on: public.nope is not a view in this configuration`,
-	"bad-poll-interval-zero.yaml":      `testdata/bad-poll-interval-zero.yaml:4: refresh.poll_interval: expected a positive duration, got "0s"`,
-	"bad-query-and-file.yaml":          `testdata/bad-query-and-file.yaml:8: views[0] (public.s).query_file: set either query or query_file, not both`,
-	"bad-query-empty.yaml":             `testdata/bad-query-empty.yaml:7: views[0] (public.s).query: is empty`,
-	"bad-query-file-dir.yaml":          `testdata/bad-query-file-dir.yaml:7: views[0] (public.s).query_file: cannot read testdata: not a regular file`,
-	"bad-schedule.yaml":                `testdata/bad-schedule.yaml:7: views[0] (public.s).schedule: invalid cron expression "*/5 * *" (expected 5 fields such as "*/5 * * * *" or @every 30s): expected exactly 5 fields, found 3: [*/5 * *]`,
-	"bad-source-semicolon.yaml":        `testdata/bad-source-semicolon.yaml:8: views[0] (public.s).sources[1]: character ';' needs the name part to be double-quoted in "public.u;DROP TABLE x"`,
-	"bad-statement-timeout.yaml":       `testdata/bad-statement-timeout.yaml:4: refresh.statement_timeout: must be at least 1ms (PostgreSQL's timeout resolution), got 500µs`,
-	"bad-unique-key-dot.yaml":          `testdata/bad-unique-key-dot.yaml:5: views[0] (public.s).unique_key[0]: expected a single identifier, got "t.id"`,
-	"bad-unique-key-duplicate.yaml":    `testdata/bad-unique-key-duplicate.yaml:5: views[0] (public.s).unique_key[2]: duplicate column "user_id"`,
-	"bad-unknown-top-key.yaml":         `testdata/bad-unknown-top-key.yaml:3: databse: unknown key (expected one of: database, http, leader, log, max_concurrent_refreshes, refresh, shutdown, views)`,
-	"bad-unknown-view-key.yaml":        `testdata/bad-unknown-view-key.yaml:7: views[0] (public.s).shedule: unknown key (expected one of: change_detection, concurrently, debounce, depends_on, lock_timeout, max_delay, name, poll_interval, query, query_file, refresh_unchanged, schedule, sources, statement_timeout, unique_key, vacuum_threshold)`,
-	"bad-view-not-mapping.yaml":        `testdata/bad-view-not-mapping.yaml:4: views[0]: expected a mapping, got "public.s"`,
-	"bad-views-empty.yaml":             `testdata/bad-views-empty.yaml:3: views: expected a non-empty list of views, got an empty list`,
-	"bad-views-missing.yaml":           `testdata/bad-views-missing.yaml:1: views: no views configured: add at least one under views:`,
+	"bad-alias-key.yaml":                 `testdata/bad-alias-key.yaml:4: (top level): expected a plain key, got an alias`,
+	"bad-change-detection.yaml":          `testdata/bad-change-detection.yaml:7: views[0] (public.s).change_detection: expected notify, changelog, stats or none, got "polling"`,
+	"bad-cron-never.yaml":                `testdata/bad-cron-never.yaml:7: views[0] (public.s).schedule: cron expression "0 0 31 2 *" never fires (no date matches it)`,
+	"bad-cron-tz-no-space.yaml":          `testdata/bad-cron-tz-no-space.yaml:7: views[0] (public.s).schedule: invalid cron expression "CRON_TZ=UTC" (expected 5 fields such as "*/5 * * * *" or @every 30s): a time zone must be followed by a space and a schedule`,
+	"bad-duplicate-key.yaml":             `testdata/bad-duplicate-key.yaml:9: views[0] (public.s).debounce: duplicate key`,
+	"bad-duplicate-view.yaml":            `testdata/bad-duplicate-view.yaml:8: views[1].name: view public.s is already declared as views[0]`,
+	"bad-duration.yaml":                  `testdata/bad-duration.yaml:4: refresh.debounce: expected a duration such as 500ms, 30s or 5m, got "10 seconds"`,
+	"bad-empty.yaml":                     `testdata/bad-empty.yaml: empty configuration`,
+	"bad-every-fraction.yaml":            `testdata/bad-every-fraction.yaml:7: views[0] (public.s).schedule: @every interval must be a whole number of seconds, got "@every 1500ms"`,
+	"bad-every-subsecond.yaml":           `testdata/bad-every-subsecond.yaml:4: refresh.schedule: @every interval must be at least 1s, got "@every 100ms"`,
+	"bad-log-format.yaml":                `testdata/bad-log-format.yaml:4: log.format: expected json or console, got "text"`,
+	"bad-mapping-for-string.yaml":        `testdata/bad-mapping-for-string.yaml:3: database.url: expected a string, got a mapping`,
+	"bad-max-concurrent-zero.yaml":       `testdata/bad-max-concurrent-zero.yaml:3: max_concurrent_refreshes: expected an integer >= 1, got 0`,
+	"bad-max-delay.yaml":                 `testdata/bad-max-delay.yaml:9: views[0] (public.s).max_delay: must not be shorter than debounce (1.5s < 2s)`,
+	"bad-missing-query.yaml":             `testdata/bad-missing-query.yaml:4: views[0] (public.s).query: missing: set query or query_file`,
+	"bad-missing-sources.yaml":           `testdata/bad-missing-sources.yaml:4: views[0] (public.s).sources: missing: change_detection "notify" needs the source tables to watch (or set change_detection: none)`,
+	"bad-missing-unique-key.yaml":        `testdata/bad-missing-unique-key.yaml:4: views[0] (public.s).unique_key: missing: REFRESH ... CONCURRENTLY needs a unique key of NOT NULL columns, e.g. unique_key: [id]`,
+	"bad-multi-document.yaml":            `testdata/bad-multi-document.yaml:8: invalid YAML: more than one document (remove the extra ---)`,
+	"bad-name-empty-part.yaml":           `testdata/bad-name-empty-part.yaml:4: views[0].name: empty name part in "public..s"`,
+	"bad-name-no-schema.yaml":            `testdata/bad-name-no-schema.yaml:4: views[0].name: expected a qualified name schema.name, got "app_chargesummary"`,
+	"bad-name-space.yaml":                `testdata/bad-name-space.yaml:4: views[0].name: character ' ' needs the name part to be double-quoted in "public.charge summary"`,
+	"bad-name-three-parts.yaml":          `testdata/bad-name-three-parts.yaml:4: views[0].name: expected a qualified name schema.name, got "db.public.s"`,
+	"bad-name-unterminated-quote.yaml":   `testdata/bad-name-unterminated-quote.yaml:4: views[0].name: unterminated quoted identifier in "public.\"Summary"`,
+	"bad-negative-duration.yaml":         `testdata/bad-negative-duration.yaml:4: shutdown.grace_period: expected a positive duration, got "-5s"`,
+	"bad-no-database-url.yaml":           `testdata/bad-no-database-url.yaml:2: database.url: no database URL: set database.url, the DATABASE_URL environment variable or --database-url`,
+	"bad-poll-interval-short.yaml":       `testdata/bad-poll-interval-short.yaml:8: views[0] (public.s).poll_interval: must be at least 10ms, got 1ms`,
+	"bad-depends-cycle.yaml":             `testdata/bad-depends-cycle.yaml:7: views[0] (public.a).depends_on: dependency cycle: public.a -> public.c -> public.b -> public.a`,
+	"bad-depends-unknown.yaml":           `testdata/bad-depends-unknown.yaml:7: views[0] (public.a).depends_on: public.nope is not a view in this configuration`,
+	"bad-poll-interval-zero.yaml":        `testdata/bad-poll-interval-zero.yaml:4: refresh.poll_interval: expected a positive duration, got "0s"`,
+	"bad-query-and-file.yaml":            `testdata/bad-query-and-file.yaml:8: views[0] (public.s).query_file: set either query or query_file, not both`,
+	"bad-query-empty.yaml":               `testdata/bad-query-empty.yaml:7: views[0] (public.s).query: is empty`,
+	"bad-query-file-dir.yaml":            `testdata/bad-query-file-dir.yaml:7: views[0] (public.s).query_file: cannot read testdata: not a regular file`,
+	"bad-query-file-two-statements.yaml": `testdata/bad-query-file-two-statements.yaml:7: views[0] (public.s).query_file: must be a single SQL statement (one query, such as SELECT ...); found ';' followed by more SQL at line 3 of two-statements.sql`,
+	"bad-query-two-statements.yaml":      `testdata/bad-query-two-statements.yaml:7: views[0] (public.s).query: must be a single SQL statement (one query, such as SELECT ...); found ';' followed by more SQL at line 1 of the query`,
+	"bad-schedule.yaml":                  `testdata/bad-schedule.yaml:7: views[0] (public.s).schedule: invalid cron expression "*/5 * *" (expected 5 fields such as "*/5 * * * *" or @every 30s): expected exactly 5 fields, found 3: [*/5 * *]`,
+	"bad-source-semicolon.yaml":          `testdata/bad-source-semicolon.yaml:8: views[0] (public.s).sources[1]: character ';' needs the name part to be double-quoted in "public.u;DROP TABLE x"`,
+	"bad-statement-timeout.yaml":         `testdata/bad-statement-timeout.yaml:4: refresh.statement_timeout: must be at least 1ms (PostgreSQL's timeout resolution), got 500µs`,
+	"bad-unique-key-dot.yaml":            `testdata/bad-unique-key-dot.yaml:5: views[0] (public.s).unique_key[0]: expected a single identifier, got "t.id"`,
+	"bad-unique-key-duplicate.yaml":      `testdata/bad-unique-key-duplicate.yaml:5: views[0] (public.s).unique_key[2]: duplicate column "user_id"`,
+	"bad-unknown-top-key.yaml":           `testdata/bad-unknown-top-key.yaml:3: databse: unknown key (expected one of: database, http, leader, log, max_concurrent_refreshes, refresh, shutdown, views)`,
+	"bad-unknown-view-key.yaml":          `testdata/bad-unknown-view-key.yaml:7: views[0] (public.s).shedule: unknown key (expected one of: change_detection, concurrently, debounce, depends_on, lock_timeout, max_delay, name, poll_interval, query, query_file, refresh_unchanged, schedule, sources, statement_timeout, unique_key, vacuum_threshold)`,
+	"bad-view-not-mapping.yaml":          `testdata/bad-view-not-mapping.yaml:4: views[0]: expected a mapping, got "public.s"`,
+	"bad-views-empty.yaml":               `testdata/bad-views-empty.yaml:3: views: expected a non-empty list of views, got an empty list`,
+	"bad-views-missing.yaml":             `testdata/bad-views-missing.yaml:1: views: no views configured: add at least one under views:`,
 	// go.yaml.in/yaml/v3 reports parser errors one line early (the unclosed
 	// "[" is on line 5); the message is passed through as the library gives it.
 	"bad-yaml-syntax.yaml": `testdata/bad-yaml-syntax.yaml:4: invalid YAML: did not find expected ',' or ']'`,
@@ -822,6 +825,69 @@ func TestParseInline(t *testing.T) {
 				t.Errorf("unexpected error: %v", err)
 			case c.wantErr != "" && (err == nil || err.Error() != c.wantErr):
 				t.Errorf("got %v\nwant %s", err, c.wantErr)
+			}
+		})
+	}
+}
+
+// TestQuerySingleStatement: a query is embedded in CREATE MATERIALIZED VIEW
+// ... AS <query>, so a ';' that ends it would let more statements follow.
+// The check must see ';' only where PostgreSQL's lexer would end a
+// statement: not in string literals (standard or E” with backslash
+// escapes), quoted identifiers, dollar-quoted strings or comments (nested).
+func TestQuerySingleStatement(t *testing.T) {
+	const multi = "t.yaml:6: views[0] (public.a).query: must be a single SQL statement (one query, such as SELECT ...); found ';' followed by more SQL at line %d of the query"
+	cases := []struct {
+		name, query string
+		want        string // the accepted query, or the error (with %d for its line)
+		line        int    // 0: accepted; -1: rejected, no line in the message
+	}{
+		{"plain", "SELECT 1 AS id", "SELECT 1 AS id", 0},
+		{"in a string", "SELECT ';' AS id", "SELECT ';' AS id", 0},
+		{"in a string with a doubled quote", "SELECT 'it''s; fine' AS id", "SELECT 'it''s; fine' AS id", 0},
+		{"backslash ends no standard string", `SELECT '\' AS a, ';' AS id`, `SELECT '\' AS a, ';' AS id`, 0},
+		{"in an E string after an escaped quote", `SELECT E'\'; DROP TABLE x; --' AS id`, `SELECT E'\'; DROP TABLE x; --' AS id`, 0},
+		{"in a quoted identifier", `SELECT 1 AS "a;b", 2 AS "x"";" FROM t`, `SELECT 1 AS "a;b", 2 AS "x"";" FROM t`, 0},
+		{"in a dollar-quoted string", "SELECT $$;$$ AS id", "SELECT $$;$$ AS id", 0},
+		{"in a tagged dollar-quoted string", "SELECT $fn$ a; $$ b; $fn$ AS id", "SELECT $fn$ a; $$ b; $fn$ AS id", 0},
+		{"in a line comment", "SELECT 1 AS id -- a; b\nFROM t", "SELECT 1 AS id -- a; b\nFROM t", 0},
+		{"in a nested block comment", "SELECT /* ; /* nested; */ ; */ 1 AS id", "SELECT /* ; /* nested; */ ; */ 1 AS id", 0},
+		{"trailing semicolons", "SELECT 1 AS id ;; ;", "SELECT 1 AS id", 0},
+		{"trailing semicolon and comments", "SELECT 1 AS id; -- done\n/* really */ ;", "SELECT 1 AS id", 0},
+		{"trailing semicolon after a comment ending in one", "SELECT 1 AS id -- one;\n; -- done", "SELECT 1 AS id -- one", 0},
+
+		{"only comments", "-- nothing\n; /* here */", "t.yaml:6: views[0] (public.a).query: is empty", -1},
+		{"second statement", "SELECT 1 AS id; DROP TABLE x", multi, 1},
+		{"second statement on its own line", "SELECT 1 AS id\n  FROM t;\nDROP TABLE x;\nSELECT 1", multi, 2},
+		{"after a string with a doubled quote", "SELECT 'a'';' AS id; DROP TABLE x", multi, 1},
+		{"after an E string ending in an escaped backslash", `SELECT E'\\' AS id; DROP TABLE x`, multi, 1},
+		{"after a dollar-quoted string", "SELECT $$ ; $$ AS id; DROP TABLE x", multi, 1},
+		{"after a block comment", "SELECT /* ; */ 1 AS id; DROP TABLE x", multi, 1},
+		{"after a line comment", "SELECT 1 AS id -- x;\n; DROP TABLE x", multi, 2},
+		{"dollar signs inside an identifier", "SELECT 1 AS a$b$; DROP TABLE x; SELECT $b$", multi, 1},
+		{"a parameter is no dollar quote", "SELECT $1; DROP TABLE x; SELECT $1", multi, 1},
+		{"a string after the semicolon", "SELECT 1 AS id; 'x'", multi, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			src := "database: {url: postgres://x/y}\nviews:\n  - name: public.a\n    unique_key: [id]\n    sources: [public.t]\n    query: |\n      " +
+				strings.ReplaceAll(c.query, "\n", "\n      ") + "\n"
+			cfg, err := config.Parse("t.yaml", []byte(src), nil, config.Overrides{})
+			if c.line == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if got := cfg.Views[0].Query; got != c.want {
+					t.Fatalf("Query = %q, want %q", got, c.want)
+				}
+				return
+			}
+			want := c.want
+			if c.line > 0 {
+				want = fmt.Sprintf(c.want, c.line)
+			}
+			if err == nil || err.Error() != want {
+				t.Fatalf("got %v\nwant %s", err, want)
 			}
 		})
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
@@ -56,7 +57,7 @@ func EnsureView(ctx context.Context, pool *pgxpool.Pool, v *config.View) (create
 			v.Name.Sanitized()).Scan(&kind)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			if _, err := tx.Exec(ctx, "CREATE MATERIALIZED VIEW "+v.Name.Sanitized()+" AS "+v.Query+"\nWITH NO DATA"); err != nil {
+			if err := execOne(ctx, tx, "CREATE MATERIALIZED VIEW "+v.Name.Sanitized()+" AS "+v.Query+"\nWITH NO DATA"); err != nil {
 				return fmt.Errorf("create materialized view %s: %w", v.Name, err)
 			}
 			created = true
@@ -316,6 +317,23 @@ func DefinitionHash(v *config.View) string {
 	h.Write([]byte{0})
 	h.Write([]byte(strings.Join(v.UniqueKey, "\x00")))
 	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// execOne runs sql, a statement embedding a configured query, with the
+// extended protocol, whose Parse step accepts exactly one statement: a
+// second one smuggled behind a ';' in the query is an error instead of being
+// run. pgx's Exec cannot do this: without arguments it always uses the
+// simple protocol, which runs every statement in the string, whatever
+// QueryExecMode is asked for.
+func execOne(ctx context.Context, tx pgx.Tx, sql string) error {
+	err := tx.Conn().PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Read().Err
+	// The server's "cannot insert multiple commands into a prepared
+	// statement" is a syntax error (42601) without a position.
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42601" && pgErr.Position == 0 {
+		return fmt.Errorf("%w (the view's query must be a single statement)", err)
+	}
+	return err
 }
 
 func withSetupLock(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {

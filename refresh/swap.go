@@ -125,7 +125,7 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 		if err := tx.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&asOf); err != nil {
 			return fmt.Errorf("read clock: %w", err)
 		}
-		if _, err := tx.Exec(ctx, "CREATE MATERIALIZED VIEW "+tmp.Sanitized()+" AS "+v.Query+"\nWITH DATA"); err != nil {
+		if err := execOne(ctx, tx, "CREATE MATERIALIZED VIEW "+tmp.Sanitized()+" AS "+v.Query+"\nWITH DATA"); err != nil {
 			return fmt.Errorf("build %s: %w", tmp, err)
 		}
 		if _, err := tx.Exec(ctx, "CREATE UNIQUE INDEX "+tmpIdx.Sanitize()+" ON "+tmp.Sanitized()+" ("+strings.Join(cols, ", ")+")"); err != nil {
