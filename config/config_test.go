@@ -833,7 +833,7 @@ func TestParseInline(t *testing.T) {
 // TestQuerySingleStatement: a query is embedded in CREATE MATERIALIZED VIEW
 // ... AS <query>, so a ';' that ends it would let more statements follow.
 // The check must see ';' only where PostgreSQL's lexer would end a
-// statement: not in string literals (standard or E” with backslash
+// statement: not in string literals (standard, or E'...' with backslash
 // escapes), quoted identifiers, dollar-quoted strings or comments (nested).
 func TestQuerySingleStatement(t *testing.T) {
 	const multi = "t.yaml:6: views[0] (public.a).query: must be a single SQL statement (one query, such as SELECT ...); found ';' followed by more SQL at line %d of the query"
