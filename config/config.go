@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/robfig/cron/v3"
 	"go.yaml.in/yaml/v3"
@@ -670,12 +671,15 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 		if d.err != nil {
 			return nil
 		}
+		// Where the query came from, for messages.
+		queryAt, queryKey, queryIn := queryNode, path+".query", "the query"
 		switch {
 		case queryNode != nil && fileNode != nil:
 			d.fail(fileNode, path+".query_file", "set either query or query_file, not both")
 		case queryNode != nil:
 			v.Query = d.str(queryNode, path+".query")
 		case fileNode != nil:
+			queryAt, queryKey, queryIn = fileNode, path+".query_file", d.str(fileNode, path+".query_file")
 			v.Query = d.queryFile(fileNode, path+".query_file")
 		default:
 			d.fail(vn, path+".query", "missing: set query or query_file")
@@ -683,14 +687,23 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 		if d.err != nil {
 			return nil
 		}
+		written := v.Query
 		// A trailing ';' would end the statement the query is embedded in.
 		v.Query = strings.TrimRight(strings.TrimSpace(v.Query), "; \t\r\n\f\v")
-		if v.Query == "" {
-			if queryNode != nil {
-				d.fail(queryNode, path+".query", "is empty")
-			} else {
-				d.fail(fileNode, path+".query_file", "is empty")
+		// So would a ';' inside it, and run what follows as statements of
+		// their own. A ';' followed by nothing but comments is cut off with
+		// them.
+		if i := firstSemicolon(v.Query); i >= 0 {
+			if moreSQL(v.Query[i:]) {
+				lead := len(written) - len(strings.TrimLeftFunc(written, unicode.IsSpace))
+				line := 1 + strings.Count(written[:lead+i], "\n")
+				d.fail(queryAt, queryKey, "must be a single SQL statement (one query, such as SELECT ...); found ';' followed by more SQL at line %d of %s", line, queryIn)
+				return nil
 			}
+			v.Query = strings.TrimRight(v.Query[:i], "; \t\r\n\f\v")
+		}
+		if !moreSQL(v.Query) {
+			d.fail(queryAt, queryKey, "is empty")
 			return nil
 		}
 		if keyNode == nil {
@@ -876,4 +889,138 @@ func (d *decoder) queryFile(n *yaml.Node, path string) string {
 		return ""
 	}
 	return string(b)
+}
+
+// firstSemicolon returns the offset of the first ';' in sql that ends a
+// statement, or -1.
+func firstSemicolon(sql string) int {
+	at := -1
+	scanSQL(sql, func(i int) bool {
+		if sql[i] == ';' {
+			at = i
+			return false
+		}
+		return true
+	})
+	return at
+}
+
+// moreSQL reports whether sql holds anything but white space, comments and
+// ';'.
+func moreSQL(sql string) bool {
+	more := false
+	scanSQL(sql, func(i int) bool {
+		more = sql[i] != ';' && !unicode.IsSpace(rune(sql[i]))
+		return !more
+	})
+	return more
+}
+
+// scanSQL calls visit with the offset of each byte of sql outside comments,
+// string literals, quoted identifiers and dollar-quoted strings, plus the
+// opening byte of each of the last three, until visit returns false. It
+// splits tokens the way PostgreSQL's lexer does where a ';' could hide: a
+// doubled quote stays inside the quotes, E'...' strings escape with a
+// backslash (other strings do not: standard_conforming_strings is on since
+// PostgreSQL 9.1), $tag$ quotes run to the same tag, block comments nest.
+// An unterminated construct runs to the end (the server rejects it).
+func scanSQL(sql string, visit func(i int) bool) {
+	for i := 0; i < len(sql); {
+		switch c := sql[i]; {
+		case strings.HasPrefix(sql[i:], "--"):
+			end := strings.IndexByte(sql[i:], '\n')
+			if end < 0 {
+				return
+			}
+			i += end + 1
+			continue
+		case strings.HasPrefix(sql[i:], "/*"):
+			i = skipBlockComment(sql, i)
+			continue
+		case c == '\'' || c == '"':
+			if !visit(i) {
+				return
+			}
+			escapes := c == '\'' && i > 0 && (sql[i-1] == 'E' || sql[i-1] == 'e') && (i == 1 || !isIdentByte(sql[i-2]))
+			i = skipQuoted(sql, i, escapes)
+			continue
+		case c == '$' && (i == 0 || !isIdentByte(sql[i-1])):
+			if tag := dollarTag(sql[i:]); tag != "" {
+				if !visit(i) {
+					return
+				}
+				end := strings.Index(sql[i+len(tag):], tag)
+				if end < 0 {
+					return
+				}
+				i += len(tag) + end + len(tag)
+				continue
+			}
+		}
+		if !visit(i) {
+			return
+		}
+		i++
+	}
+}
+
+// isIdentByte reports whether b may continue an identifier (or a keyword,
+// such as the E of E'...'); bytes of multi-byte characters count as letters.
+func isIdentByte(b byte) bool {
+	return b == '_' || b == '$' || b >= 0x80 || '0' <= b && b <= '9' || 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z'
+}
+
+// skipQuoted returns the offset after the literal or quoted identifier
+// opening at i.
+func skipQuoted(sql string, i int, backslashEscapes bool) int {
+	q := sql[i]
+	for j := i + 1; j < len(sql); j++ {
+		switch {
+		case backslashEscapes && sql[j] == '\\':
+			j++
+		case sql[j] == q && j+1 < len(sql) && sql[j+1] == q:
+			j++
+		case sql[j] == q:
+			return j + 1
+		}
+	}
+	return len(sql)
+}
+
+// skipBlockComment returns the offset after the (nested) comment opening
+// at i.
+func skipBlockComment(sql string, i int) int {
+	depth := 0
+	for i < len(sql) {
+		switch {
+		case strings.HasPrefix(sql[i:], "/*"):
+			depth++
+			i += 2
+		case strings.HasPrefix(sql[i:], "*/"):
+			depth--
+			i += 2
+			if depth == 0 {
+				return i
+			}
+		default:
+			i++
+		}
+	}
+	return len(sql)
+}
+
+// dollarTag returns the $tag$ (or $$) that s starts with, or "" ($1 is a
+// parameter).
+func dollarTag(s string) string {
+	for j := 1; j < len(s); j++ {
+		switch b := s[j]; {
+		case b == '$':
+			return s[:j+1]
+		case b == '_' || b >= 0x80 || 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z':
+		case '0' <= b && b <= '9' && j > 1:
+		default:
+			return ""
+		}
+	}
+	return ""
 }

@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -60,6 +61,8 @@ var badConfigs = map[string]string{
 	"bad-query-and-file.yaml":          `testdata/bad-query-and-file.yaml:8: views[0] (public.s).query_file: set either query or query_file, not both`,
 	"bad-query-empty.yaml":             `testdata/bad-query-empty.yaml:7: views[0] (public.s).query: is empty`,
 	"bad-query-file-dir.yaml":          `testdata/bad-query-file-dir.yaml:7: views[0] (public.s).query_file: cannot read testdata: not a regular file`,
+	"bad-query-file-multi.yaml":        `testdata/bad-query-file-multi.yaml:7: views[0] (public.s).query_file: must be a single SQL statement (one query, such as SELECT ...); found ';' followed by more SQL at line 3 of two-statements.sql`,
+	"bad-query-multi.yaml":             `testdata/bad-query-multi.yaml:7: views[0] (public.s).query: must be a single SQL statement (one query, such as SELECT ...); found ';' followed by more SQL at line 1 of the query`,
 	"bad-schedule.yaml":                `testdata/bad-schedule.yaml:7: views[0] (public.s).schedule: invalid cron expression "*/5 * *" (expected 5 fields such as "*/5 * * * *" or @every 30s): expected exactly 5 fields, found 3: [*/5 * *]`,
 	"bad-source-semicolon.yaml":        `testdata/bad-source-semicolon.yaml:8: views[0] (public.s).sources[1]: character ';' needs the name part to be double-quoted in "public.u;DROP TABLE x"`,
 	"bad-statement-timeout.yaml":       `testdata/bad-statement-timeout.yaml:4: refresh.statement_timeout: must be at least 1ms (PostgreSQL's timeout resolution), got 500µs`,
@@ -822,6 +825,69 @@ func TestParseInline(t *testing.T) {
 				t.Errorf("unexpected error: %v", err)
 			case c.wantErr != "" && (err == nil || err.Error() != c.wantErr):
 				t.Errorf("got %v\nwant %s", err, c.wantErr)
+			}
+		})
+	}
+}
+
+// TestQuerySingleStatement: a query is embedded in CREATE MATERIALIZED VIEW
+// ... AS <query>, so a ';' that ends it would let more statements follow.
+// The check must see ';' only where PostgreSQL's lexer would end a
+// statement: not in string literals (standard, or E'...' with backslash
+// escapes), quoted identifiers, dollar-quoted strings or comments (nested).
+func TestQuerySingleStatement(t *testing.T) {
+	const multi = "t.yaml:6: views[0] (public.a).query: must be a single SQL statement (one query, such as SELECT ...); found ';' followed by more SQL at line %d of the query"
+	cases := []struct {
+		name, query string
+		want        string // the accepted query, or the error (with %d for its line)
+		line        int    // 0: accepted; -1: rejected, no line in the message
+	}{
+		{"plain", "SELECT 1 AS id", "SELECT 1 AS id", 0},
+		{"in a string", "SELECT ';' AS id", "SELECT ';' AS id", 0},
+		{"in a string with a doubled quote", "SELECT 'it''s; fine' AS id", "SELECT 'it''s; fine' AS id", 0},
+		{"backslash ends no standard string", `SELECT '\' AS a, ';' AS id`, `SELECT '\' AS a, ';' AS id`, 0},
+		{"in an E string after an escaped quote", `SELECT E'\'; DROP TABLE x; --' AS id`, `SELECT E'\'; DROP TABLE x; --' AS id`, 0},
+		{"in a quoted identifier", `SELECT 1 AS "a;b", 2 AS "x"";" FROM t`, `SELECT 1 AS "a;b", 2 AS "x"";" FROM t`, 0},
+		{"in a dollar-quoted string", "SELECT $$;$$ AS id", "SELECT $$;$$ AS id", 0},
+		{"in a tagged dollar-quoted string", "SELECT $fn$ a; $$ b; $fn$ AS id", "SELECT $fn$ a; $$ b; $fn$ AS id", 0},
+		{"in a line comment", "SELECT 1 AS id -- a; b\nFROM t", "SELECT 1 AS id -- a; b\nFROM t", 0},
+		{"in a nested block comment", "SELECT /* ; /* nested; */ ; */ 1 AS id", "SELECT /* ; /* nested; */ ; */ 1 AS id", 0},
+		{"trailing semicolons", "SELECT 1 AS id ;; ;", "SELECT 1 AS id", 0},
+		{"trailing semicolon and comments", "SELECT 1 AS id; -- done\n/* really */ ;", "SELECT 1 AS id", 0},
+		{"trailing semicolon after a comment ending in one", "SELECT 1 AS id -- one;\n; -- done", "SELECT 1 AS id -- one", 0},
+
+		{"only comments", "-- nothing\n; /* here */", "t.yaml:6: views[0] (public.a).query: is empty", -1},
+		{"second statement", "SELECT 1 AS id; DROP TABLE x", multi, 1},
+		{"second statement on its own line", "SELECT 1 AS id\n  FROM t;\nDROP TABLE x;\nSELECT 1", multi, 2},
+		{"after a string with a doubled quote", "SELECT 'a'';' AS id; DROP TABLE x", multi, 1},
+		{"after an E string ending in an escaped backslash", `SELECT E'\\' AS id; DROP TABLE x`, multi, 1},
+		{"after a dollar-quoted string", "SELECT $$ ; $$ AS id; DROP TABLE x", multi, 1},
+		{"after a block comment", "SELECT /* ; */ 1 AS id; DROP TABLE x", multi, 1},
+		{"after a line comment", "SELECT 1 AS id -- x;\n; DROP TABLE x", multi, 2},
+		{"dollar signs inside an identifier", "SELECT 1 AS a$b$; DROP TABLE x; SELECT $b$", multi, 1},
+		{"a parameter is no dollar quote", "SELECT $1; DROP TABLE x; SELECT $1", multi, 1},
+		{"a string after the semicolon", "SELECT 1 AS id; 'x'", multi, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			src := "database: {url: postgres://x/y}\nviews:\n  - name: public.a\n    unique_key: [id]\n    sources: [public.t]\n    query: |\n      " +
+				strings.ReplaceAll(c.query, "\n", "\n      ") + "\n"
+			cfg, err := config.Parse("t.yaml", []byte(src), nil, config.Overrides{})
+			if c.line == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if got := cfg.Views[0].Query; got != c.want {
+					t.Fatalf("Query = %q, want %q", got, c.want)
+				}
+				return
+			}
+			want := c.want
+			if c.line > 0 {
+				want = fmt.Sprintf(c.want, c.line)
+			}
+			if err == nil || err.Error() != want {
+				t.Fatalf("got %v\nwant %s", err, want)
 			}
 		})
 	}

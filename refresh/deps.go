@@ -83,6 +83,8 @@ func (e *Engine) refreshed(view config.QualifiedName, at, now time.Time) {
 // inferUpstreams implements dependencies: the managed views v's stored
 // query reads (pg_depend) that it does not declare.
 func (e *Engine) inferUpstreams(ctx context.Context, v *config.View) ([]config.QualifiedName, error) {
+	ctx, cancel := context.WithTimeout(ctx, SetupTimeout)
+	defer cancel()
 	refs, err := ReferencedMatviews(ctx, e.pool, v)
 	if err != nil {
 		return nil, err

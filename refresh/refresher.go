@@ -78,9 +78,15 @@ VALUES ($1, $3, 'error', clock_timestamp() - make_interval(secs => $4), clock_ti
 // advisory lock (two refreshers never overlap, even while leadership moves),
 // the snapshot time, REFRESH, and the status row, committed together. On
 // error nothing of it commits: the view keeps its previous data.
+// fence, when not nil, is checked last before COMMIT: a replica that lost
+// leadership meanwhile commits nothing.
 func (r *Refresher) Refresh(ctx context.Context, v *config.View, trigger Trigger, fence Fence) (Outcome, error) {
 	start := time.Now()
-	out, err := r.refreshTx(ctx, v, string(trigger), fence)
+	// The server's timeouts stop a live server; this stops waiting for one
+	// that no longer answers.
+	ctx, cancel := context.WithTimeout(ctx, RefreshBound(v))
+	defer cancel()
+	out, err := r.refreshTx(ctx, v, trigger, fence)
 	out.Duration = time.Since(start)
 	if err != nil {
 		return out, fmt.Errorf("refresh %s: %w", v.Name, err)
@@ -88,15 +94,18 @@ func (r *Refresher) Refresh(ctx context.Context, v *config.View, trigger Trigger
 	return out, nil
 }
 
-func (r *Refresher) refreshTx(ctx context.Context, v *config.View, trigger string, fence Fence) (Outcome, error) {
+func (r *Refresher) refreshTx(ctx context.Context, v *config.View, trigger Trigger, fence Fence) (Outcome, error) {
 	var out Outcome
-	tx, err := r.Pool.Begin(ctx)
+	conn, err := acquire(ctx, r.Pool)
 	if err != nil {
-		return out, fmt.Errorf("begin: %w", err)
+		return out, err
 	}
-	// Rollback after a commit is a no-op; with a cancelled ctx pgx closes
-	// the connection, which also ends the transaction server-side.
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	defer conn.Release()
+	tx, err := begin(ctx, conn)
+	if err != nil {
+		return out, err
+	}
+	defer rollback(ctx, tx)
 
 	if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)`,
 		pgDuration(v.StatementTimeout), pgDuration(v.LockTimeout)); err != nil {
@@ -156,22 +165,64 @@ END $$`); err != nil {
 	}
 	if fence != nil {
 		if err := fence(ctx, tx); err != nil {
-			return out, err
+			return out, fmt.Errorf("fence: %w", err)
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return out, fmt.Errorf("commit: %w", err)
+	if err := commit(ctx, tx); err != nil {
+		return out, err
 	}
 	return out, nil
+}
+
+// acquire takes a pool connection, waiting at most AcquireTimeout.
+func acquire(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, AcquireTimeout)
+	defer cancel()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("acquire connection: %w", err)
+	}
+	return conn, nil
+}
+
+// begin starts a transaction on conn within BeginTimeout.
+func begin(ctx context.Context, conn *pgxpool.Conn) (pgx.Tx, error) {
+	ctx, cancel := context.WithTimeout(ctx, BeginTimeout)
+	defer cancel()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	return tx, nil
+}
+
+// commit commits tx within CommitTimeout.
+func commit(ctx context.Context, tx pgx.Tx) error {
+	ctx, cancel := context.WithTimeout(ctx, CommitTimeout)
+	defer cancel()
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// rollback ends tx unless it committed (then it is a no-op), detached from
+// ctx's cancellation so the transaction ends cleanly, within
+// RollbackTimeout; if that passes, pgx closes the connection, which ends
+// the transaction server-side too.
+func rollback(ctx context.Context, tx pgx.Tx) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RollbackTimeout)
+	defer cancel()
+	_ = tx.Rollback(ctx)
 }
 
 // RecordFailure writes a failed attempt in a transaction of its own, so the
 // status never claims a refresh that did not commit. It must work during
 // shutdown, hence its own short deadline detached from ctx's cancellation.
 func (r *Refresher) RecordFailure(ctx context.Context, v *config.View, trigger Trigger, dur time.Duration, refreshErr error) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordFailureTimeout)
 	defer cancel()
-	if _, err := r.Pool.Exec(ctx, recordFailureSQL, v.Name.String(), errorText(refreshErr), string(trigger), dur.Seconds(), r.Identity); err != nil {
+	if _, err := r.Pool.Exec(ctx, recordFailureSQL, v.Name.String(), errorText(refreshErr), trigger, dur.Seconds(), r.Identity); err != nil {
 		return fmt.Errorf("record failure of %s: %w", v.Name, err)
 	}
 	return nil

@@ -100,7 +100,7 @@ func TestRefreshPopulatesThenConcurrent(t *testing.T) {
 	r := &Refresher{Pool: pool, Identity: "test"}
 
 	// Never populated: CONCURRENTLY is impossible, a plain refresh populates.
-	out, err := r.Refresh(ctx, v, Trigger("startup"), nil)
+	out, err := r.Refresh(ctx, v, "startup", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestRefreshPopulatesThenConcurrent(t *testing.T) {
 	}
 
 	mustExec(t, pool, `INSERT INTO public.src VALUES (1, 1000000)`)
-	out2, err := r.Refresh(ctx, v, Trigger("change"), nil)
+	out2, err := r.Refresh(ctx, v, "change", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestRefreshPopulatesThenConcurrent(t *testing.T) {
 
 	// concurrently: false means a plain refresh.
 	v.Concurrently = false
-	out3, err := r.Refresh(ctx, v, Trigger("manual"), nil)
+	out3, err := r.Refresh(ctx, v, "manual", nil)
 	if err != nil || out3.Concurrently {
 		t.Fatalf("plain refresh: %v, concurrently %v", err, out3.Concurrently)
 	}
@@ -201,14 +201,14 @@ func TestFailedRefreshKeepsData(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := &Refresher{Pool: pool, Identity: "test"}
-			good, err := r.Refresh(ctx, v, Trigger("startup"), nil)
+			good, err := r.Refresh(ctx, v, "startup", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			before := viewTotal(t, pool, v)
 
 			release := tt.prepare(t, pool, v)
-			out, err := r.Refresh(ctx, v, Trigger("change"), nil)
+			out, err := r.Refresh(ctx, v, "change", nil)
 			release()
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Refresh error = %v, want %q", err, tt.wantErr)
@@ -240,7 +240,7 @@ func TestCancelledRefreshIsCancelledServerSide(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &Refresher{Pool: pool, Identity: "test"}
-	if _, err := r.Refresh(ctx, v, Trigger("startup"), nil); err != nil {
+	if _, err := r.Refresh(ctx, v, "startup", nil); err != nil {
 		t.Fatal(err)
 	}
 	before := viewTotal(t, pool, v)
@@ -248,7 +248,7 @@ func TestCancelledRefreshIsCancelledServerSide(t *testing.T) {
 	cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	if _, err := r.Refresh(cctx, v, TriggerChange, nil); err == nil {
+	if _, err := r.Refresh(cctx, v, "change", nil); err == nil {
 		t.Fatal("cancelled refresh succeeded")
 	}
 	if d := time.Since(start); d > 10*time.Second {
@@ -301,7 +301,7 @@ func TestEnsureViewIdempotentWithHostileNames(t *testing.T) {
 	}
 	r := &Refresher{Pool: pool, Identity: "test"}
 	for range 2 {
-		if _, err := r.Refresh(ctx, v, Trigger("manual"), nil); err != nil {
+		if _, err := r.Refresh(ctx, v, "manual", nil); err != nil {
 			t.Fatal(err)
 		}
 	}

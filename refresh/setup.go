@@ -7,24 +7,21 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
 	dbsql "github.com/refresherd/refresherd/sql"
 )
 
-// setupLockTimeout bounds waits on locks during set-up (creating a trigger
-// locks the source table against writers): a busy table delays set-up of
-// that view, it never hangs the daemon.
-const setupLockTimeout = "10s"
-
 // EnsureSchema creates the daemon's schema, tables and functions. Replicas
 // starting together serialise on an advisory lock: concurrent CREATE OR
 // REPLACE FUNCTION would fail with "tuple concurrently updated".
 func EnsureSchema(ctx context.Context, pool *pgxpool.Pool) error {
-	return withSetupLock(ctx, pool, func(tx pgx.Tx) error {
+	return withSetupLock(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
 		var exists bool
 		if err := tx.QueryRow(ctx, `SELECT to_regnamespace($1) IS NOT NULL`, dbsql.SchemaName).Scan(&exists); err != nil {
 			return fmt.Errorf("look up refresherd schema: %w", err)
@@ -50,13 +47,13 @@ func EnsureSchema(ctx context.Context, pool *pgxpool.Pool) error {
 // It never touches a source table's data.
 // created reports that the view was created now (and is not yet populated).
 func EnsureView(ctx context.Context, pool *pgxpool.Pool, v *config.View) (created bool, err error) {
-	err = withSetupLock(ctx, pool, func(tx pgx.Tx) error {
+	err = withSetupLock(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
 		var kind string
 		err := tx.QueryRow(ctx, `SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)`,
 			v.Name.Sanitized()).Scan(&kind)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			if _, err := tx.Exec(ctx, "CREATE MATERIALIZED VIEW "+v.Name.Sanitized()+" AS "+v.Query+"\nWITH NO DATA"); err != nil {
+			if err := execOne(ctx, tx, "CREATE MATERIALIZED VIEW "+v.Name.Sanitized()+" AS "+v.Query+"\nWITH NO DATA"); err != nil {
 				return fmt.Errorf("create materialized view %s: %w", v.Name, err)
 			}
 			created = true
@@ -110,7 +107,22 @@ func ensureUniqueIndex(ctx context.Context, tx pgx.Tx, v *config.View) error {
 		cols[i] = pgx.Identifier{c}.Sanitize()
 	}
 	idx := pgx.Identifier{indexName(v.Name.Name)}.Sanitize()
-	if _, err := tx.Exec(ctx, "CREATE UNIQUE INDEX IF NOT EXISTS "+idx+" ON "+v.Name.Sanitized()+" ("+strings.Join(cols, ", ")+")"); err != nil {
+	// On a populated view (one adopted without a usable index) the build
+	// takes time while the global set-up lock is held: the server stops it
+	// before the set-up deadline, with its own clear error, instead of
+	// building on after the client gave up.
+	if deadline, ok := ctx.Deadline(); ok {
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, pgDuration(time.Until(deadline)-IndexBuildHeadroom)); err != nil {
+			return fmt.Errorf("set index build timeout on %s: %w", v.Name, err)
+		}
+	}
+	stmt := "CREATE UNIQUE INDEX IF NOT EXISTS " + idx + " ON " + v.Name.Sanitized() + " (" + strings.Join(cols, ", ") + ")"
+	if _, err := tx.Exec(ctx, stmt); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &pgErr) && pgErr.Code == "57014" {
+			return fmt.Errorf("create unique index on %s (%s): %w; building it takes longer than set-up may wait (at most %s): create it yourself, e.g. %s",
+				v.Name, strings.Join(v.UniqueKey, ", "), err, SetupTimeout, strings.Replace(stmt, "INDEX IF NOT EXISTS", "INDEX CONCURRENTLY IF NOT EXISTS", 1))
+		}
 		return fmt.Errorf("create unique index on %s (%s): %w", v.Name, strings.Join(v.UniqueKey, ", "), err)
 	}
 	return nil
@@ -214,7 +226,9 @@ func EnsureTriggers(ctx context.Context, pool *pgxpool.Pool, views []config.View
 		}
 	}
 	// Tables that carry one of our triggers, wanted or not.
-	have, err := tablesWithDaemonTriggers(ctx, pool)
+	lctx, cancel := context.WithTimeout(ctx, SetupTimeout)
+	have, err := tablesWithDaemonTriggers(lctx, pool)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -223,7 +237,7 @@ func EnsureTriggers(ctx context.Context, pool *pgxpool.Pool, views []config.View
 	}
 	var errs []error
 	for _, src := range tables {
-		err := withSetupLock(ctx, pool, func(tx pgx.Tx) error {
+		err := withSetupLock(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
 			if len(want[src]) > 0 {
 				if err := checkSource(ctx, tx, src, true); err != nil {
 					return err
@@ -318,14 +332,38 @@ func DefinitionHash(v *config.View) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-func withSetupLock(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+// execOne runs sql, a statement embedding a configured query, with the
+// extended protocol, whose Parse step accepts exactly one statement: a
+// second one smuggled behind a ';' in the query is an error instead of being
+// run. pgx's Exec cannot do this: without arguments it always uses the
+// simple protocol, which runs every statement in the string, whatever
+// QueryExecMode is asked for.
+func execOne(ctx context.Context, tx pgx.Tx, sql string) error {
+	err := tx.Conn().PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Read().Err
+	// The server's "cannot insert multiple commands into a prepared
+	// statement" is a syntax error (42601) without a position.
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42601" && pgErr.Position == 0 {
+		return fmt.Errorf("%w (the view's query must be a single statement)", err)
+	}
+	return err
+}
+
+// withSetupLock runs fn in a set-up transaction holding the global set-up
+// lock, all of it within SetupTimeout: fn gets that bounded ctx. The server
+// bounds each statement and lock wait too, so a set-up whose client is gone
+// (or cannot reach it to cancel) does not hold the lock on.
+func withSetupLock(ctx context.Context, pool *pgxpool.Pool, fn func(context.Context, pgx.Tx) error) error {
+	ctx, cancel := context.WithTimeout(ctx, SetupTimeout)
+	defer cancel()
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true)`, setupLockTimeout); err != nil {
-			return fmt.Errorf("set lock timeout: %w", err)
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)`,
+			pgDuration(SetupTimeout), pgDuration(SetupLockTimeout)); err != nil {
+			return fmt.Errorf("set timeouts: %w", err)
 		}
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("setup", "")); err != nil {
 			return fmt.Errorf("take set-up lock: %w", err)
 		}
-		return fn(tx)
+		return fn(ctx, tx)
 	})
 }

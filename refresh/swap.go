@@ -28,6 +28,8 @@ const (
 // configuration's. An existing view without a stored hash (created before
 // refresherd managed it) is adopted: its hash is recorded.
 func CheckDefinition(ctx context.Context, pool *pgxpool.Pool, v *config.View) (DefinitionChange, error) {
+	ctx, cancel := context.WithTimeout(ctx, SetupTimeout)
+	defer cancel()
 	var stored *string
 	err := pool.QueryRow(ctx, `SELECT definition_hash FROM refresherd.view_status WHERE view_name = $1`, v.Name.String()).Scan(&stored)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
@@ -64,6 +66,8 @@ func (p SwapPlan) String() string {
 
 // PlanSwap looks at what a rebuild would do.
 func PlanSwap(ctx context.Context, pool *pgxpool.Pool, v *config.View) (SwapPlan, error) {
+	ctx, cancel := context.WithTimeout(ctx, SetupTimeout)
+	defer cancel()
 	p := SwapPlan{
 		View: v.Name.String(),
 		Temp: v.Name.WithName(sideName(v.Name.Name, "_rfd_new")).String(),
@@ -92,7 +96,9 @@ func PlanSwap(ctx context.Context, pool *pgxpool.Pool, v *config.View) (SwapPlan
 // renames them and drops the old, so readers see the old data until the
 // commit and the new data after, never an error or an empty view (a reader
 // waiting on the old view's lock re-resolves the name after the commit).
-// Privileges granted on the old view are granted on the new one.
+// Privileges granted on the old view are granted on the new one. fence,
+// when not nil, is checked last before the swap commits. It returns the
+// new data's as-of.
 func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity string, fence Fence) (time.Time, error) {
 	plan, err := PlanSwap(ctx, pool, v)
 	if err != nil {
@@ -112,36 +118,42 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 	}
 
 	// Build beside the old one: this is the long part, and readers are not
-	// affected at all.
+	// affected at all. Its lock waits (on the side view's name, the
+	// sources) are bounded like a refresh's.
 	var asOf time.Time
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, pgDuration(v.StatementTimeout)); err != nil {
-			return fmt.Errorf("set timeout: %w", err)
+	bctx, cancelBuild := context.WithTimeout(ctx, swapBuildBound(v))
+	defer cancelBuild()
+	err = pgx.BeginFunc(bctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(bctx, `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)`,
+			pgDuration(v.StatementTimeout), pgDuration(v.LockTimeout)); err != nil {
+			return fmt.Errorf("set timeouts: %w", err)
 		}
-		if _, err := tx.Exec(ctx, "DROP MATERIALIZED VIEW IF EXISTS "+tmp.Sanitized()); err != nil {
+		if _, err := tx.Exec(bctx, "DROP MATERIALIZED VIEW IF EXISTS "+tmp.Sanitized()); err != nil {
 			return fmt.Errorf("drop leftover %s: %w", tmp, err)
 		}
-		if err := tx.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&asOf); err != nil {
+		if err := tx.QueryRow(bctx, `SELECT clock_timestamp()`).Scan(&asOf); err != nil {
 			return fmt.Errorf("read clock: %w", err)
 		}
-		if _, err := tx.Exec(ctx, "CREATE MATERIALIZED VIEW "+tmp.Sanitized()+" AS "+v.Query+"\nWITH DATA"); err != nil {
+		if err := execOne(bctx, tx, "CREATE MATERIALIZED VIEW "+tmp.Sanitized()+" AS "+v.Query+"\nWITH DATA"); err != nil {
 			return fmt.Errorf("build %s: %w", tmp, err)
 		}
-		if _, err := tx.Exec(ctx, "CREATE UNIQUE INDEX "+tmpIdx.Sanitize()+" ON "+tmp.Sanitized()+" ("+strings.Join(cols, ", ")+")"); err != nil {
+		if _, err := tx.Exec(bctx, "CREATE UNIQUE INDEX "+tmpIdx.Sanitize()+" ON "+tmp.Sanitized()+" ("+strings.Join(cols, ", ")+")"); err != nil {
 			return fmt.Errorf("index %s: %w", tmp, err)
 		}
-		return copyGrants(ctx, tx, v.Name, tmp)
+		return copyGrants(bctx, tx, v.Name, tmp)
 	})
 	if err != nil {
 		return time.Time{}, fmt.Errorf("rebuild %s: %w", v.Name, err)
 	}
 
 	// The swap: short, bounded by lock_timeout.
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true)`, pgDuration(v.LockTimeout)); err != nil {
+	sctx, cancelSwap := context.WithTimeout(ctx, RefreshBound(v))
+	defer cancelSwap()
+	err = pgx.BeginFunc(sctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(sctx, `SELECT set_config('lock_timeout', $1, true)`, pgDuration(v.LockTimeout)); err != nil {
 			return fmt.Errorf("set timeout: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("view", v.Name.String())); err != nil {
+		if _, err := tx.Exec(sctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("view", v.Name.String())); err != nil {
 			return fmt.Errorf("take view lock: %w", err)
 		}
 		stmts := []string{
@@ -152,11 +164,11 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 			"DROP MATERIALIZED VIEW " + old.Sanitized(),
 		}
 		for _, s := range stmts {
-			if _, err := tx.Exec(ctx, s); err != nil {
+			if _, err := tx.Exec(sctx, s); err != nil {
 				return fmt.Errorf("%s: %w", s, err)
 			}
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO refresherd.view_status AS s
+		if _, err := tx.Exec(sctx, `INSERT INTO refresherd.view_status AS s
 				(view_name, data_as_of, last_success_at, last_attempt_at, last_result, last_trigger, definition_hash, refreshed_by, consecutive_failures)
 			VALUES ($1, $2, clock_timestamp(), now(), 'success', 'definition', $3, $4, 0)
 			ON CONFLICT (view_name) DO UPDATE SET data_as_of = excluded.data_as_of, last_success_at = excluded.last_success_at,
@@ -166,14 +178,18 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 			return fmt.Errorf("record definition: %w", err)
 		}
 		if fence != nil {
-			return fence(ctx, tx)
+			if err := fence(sctx, tx); err != nil {
+				return fmt.Errorf("fence: %w", err)
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		// The old view is untouched; drop the side build so it does not
 		// linger.
-		_, _ = pool.Exec(context.WithoutCancel(ctx), "DROP MATERIALIZED VIEW IF EXISTS "+tmp.Sanitized())
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SetupTimeout)
+		defer cancel()
+		_, _ = pool.Exec(dctx, "DROP MATERIALIZED VIEW IF EXISTS "+tmp.Sanitized())
 		return time.Time{}, fmt.Errorf("swap %s: %w", v.Name, err)
 	}
 	return asOf, nil

@@ -27,7 +27,7 @@ func TestSwapUnderConcurrentReaders(t *testing.T) {
 		t.Fatalf("fresh view: %v, %v; want same", ch, err)
 	}
 	r := &Refresher{Pool: pool, Identity: "test"}
-	if _, err := r.Refresh(ctx, v, Trigger("startup"), nil); err != nil {
+	if _, err := r.Refresh(ctx, v, "startup", nil); err != nil {
 		t.Fatal(err)
 	}
 	mustExec(t, pool, `DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'swap_reader') THEN CREATE ROLE swap_reader; END IF; END $$`)
@@ -80,13 +80,14 @@ func TestSwapUnderConcurrentReaders(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(200 * time.Millisecond)
+	// The readers are at it before the swap and see the new data after it.
+	waitFor(t, 10*time.Second, "readers reading", func() bool { return reads.Load() >= 10 })
 	if _, err := Swap(ctx, pool, &nv, "test", nil); err != nil {
 		stop()
 		wg.Wait()
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitFor(t, 10*time.Second, "readers to see the new data", sawNew.Load)
 	stop()
 	wg.Wait()
 	if len(readErrs) > 0 {
@@ -103,7 +104,7 @@ func TestSwapUnderConcurrentReaders(t *testing.T) {
 	}
 	// The swapped-in view refreshes concurrently (its unique index has the
 	// canonical name) and keeps the grant.
-	out, err := r.Refresh(ctx, &nv, Trigger("change"), nil)
+	out, err := r.Refresh(ctx, &nv, "change", nil)
 	if err != nil || !out.Concurrently {
 		t.Fatalf("refresh after swap: %v (concurrently %v)", err, out.Concurrently)
 	}

@@ -484,7 +484,7 @@ func planQuery(ctx context.Context, conn *pgx.Conn, v *config.View, query string
 		checkStatementTimeout, fmt.Sprintf("%dms", max(v.LockTimeout.Milliseconds(), 1))); err != nil {
 		return nil, fmt.Errorf("set timeouts: %w", err)
 	}
-	if _, err := tx.Exec(ctx, "EXPLAIN "+query); err != nil {
+	if err := tx.Conn().PgConn().ExecParams(ctx, "EXPLAIN "+query, nil, nil, nil, nil).Read().Err; err != nil {
 		return nil, fmt.Errorf("EXPLAIN: %w", err)
 	}
 	if !describe {

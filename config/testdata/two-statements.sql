@@ -1,0 +1,4 @@
+-- A query that smuggles a second statement.
+SELECT id
+FROM public.t;
+DELETE FROM public.t;
