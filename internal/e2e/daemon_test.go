@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -10,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/internal/daemontest"
 )
@@ -36,17 +35,10 @@ func refreshes(t *testing.T, ctx context.Context, p *daemontest.Proc, labels map
 func TestShippedConfigEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	url, pool := demoDB(t, 20000)
-	// A password in the URL must never appear in logs, metrics or /status.
-	// (The test cluster trusts local connections, so any password works.)
-	secretURL := strings.Replace(url, "postgres@", "postgres:Sup3rSecretPw@", 1)
-	p := startDaemon(t, []string{"DATABASE_URL=" + secretURL}, "--config", shippedConfig())
-
 	// Start-up: the view is created, populated and matches the aggregate.
-	if err := settled(ctx, pool, view); err != nil {
-		t.Fatalf("initial population: %v", err)
-	}
-	waitIdle(t, ctx, p)
+	// The password in the URL must never appear in logs, metrics or /status.
+	const secret = "Sup3rSecretPw"
+	p, pool := startShippedIdle(ctx, t, 20000, secret)
 
 	// Every series is there from the start, for every trigger and result.
 	fams, err := p.Metrics(ctx)
@@ -79,7 +71,7 @@ func TestShippedConfigEndToEnd(t *testing.T) {
 			t.Fatalf("%s: %v", st.name, err)
 		}
 		committed := time.Now()
-		if err := settled(ctx, pool, view); err != nil {
+		if err := daemontest.Settled(ctx, pool, view); err != nil {
 			t.Fatalf("%s not reflected: %v", st.name, err)
 		}
 		lag := time.Since(committed)
@@ -98,7 +90,7 @@ func TestShippedConfigEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := settled(ctx, pool, view); err != nil {
+	if err := daemontest.Settled(ctx, pool, view); err != nil {
 		t.Fatal(err)
 	}
 	waitIdle(t, ctx, p)
@@ -121,13 +113,13 @@ func TestShippedConfigEndToEnd(t *testing.T) {
 
 	// SIGUSR1 through the CLI, as in a container: a counted manual refresh.
 	before = refreshes(t, ctx, p, map[string]string{"trigger": "manual", "result": "success"})
-	out, err := exec.CommandContext(ctx, mustBinary(t), "signal", "refresh", "--pid", strconv.Itoa(p.PID())).CombinedOutput()
+	out, err := exec.CommandContext(ctx, daemontest.Binary(t), "signal", "refresh", "--pid", strconv.Itoa(p.PID())).CombinedOutput()
 	if err != nil {
 		t.Fatalf("refresherd signal refresh: %v\n%s", err, out)
 	}
 	if err := daemontest.Eventually(ctx, 50*time.Millisecond, func() error {
 		if refreshes(t, ctx, p, map[string]string{"trigger": "manual", "result": "success"}) != before+1 {
-			return errorf("manual refresh not counted yet")
+			return fmt.Errorf("manual refresh not counted yet")
 		}
 		return nil
 	}); err != nil {
@@ -177,30 +169,9 @@ func TestShippedConfigEndToEnd(t *testing.T) {
 		t.Fatalf("exit after SIGTERM: code %d, %v", code, err)
 	}
 	for what, text := range map[string]string{"logs": p.Logs(), "metrics": string(metricsBody), "status": string(body)} {
-		if strings.Contains(text, "Sup3rSecretPw") {
+		if strings.Contains(text, secret) {
 			t.Errorf("the database password appears in %s", what)
 		}
-	}
-}
-
-// waitIdle waits until no refresh is running or pending.
-func waitIdle(t *testing.T, ctx context.Context, p *daemontest.Proc) {
-	t.Helper()
-	err := daemontest.Eventually(ctx, 100*time.Millisecond, func() error {
-		fams, err := p.Metrics(ctx)
-		if err != nil {
-			return err
-		}
-		inProg, _ := fams.Value("refresherd_refresh_in_progress", map[string]string{"view": view})
-		pend, _ := fams.Value("refresherd_pending_changes", map[string]string{"view": view})
-		stale, _ := fams.Value("refresherd_staleness_seconds", map[string]string{"view": view})
-		if inProg != 0 || pend != 0 || stale != 0 {
-			return errorf("busy: in progress %v, pending %v, staleness %v", inProg, pend, stale)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -221,5 +192,3 @@ func lastDuration(t *testing.T, ctx context.Context, p *daemontest.Proc) time.Du
 	}
 	return time.Duration(st.Views[0].LastDurationSeconds * float64(time.Second))
 }
-
-var _ = pgxpool.New

@@ -38,8 +38,11 @@ views:
 func TestDependencyChain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	url, pool := demoDB(t, 5000)
-	p := startDaemon(t, []string{"DATABASE_URL=" + url}, "--config", writeConfig(t, chainConfig))
+	url, pool := daemontest.DemoDB(t, 5000)
+	p := daemontest.StartT(t, daemontest.Options{
+		Args: []string{"--config", daemontest.WriteConfig(t, chainConfig)},
+		Env:  []string{"DATABASE_URL=" + url},
+	})
 	cMatches := func() error {
 		var diff int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM (

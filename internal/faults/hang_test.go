@@ -16,9 +16,7 @@ import (
 func TestDatabaseHung(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
-	p := e.startDaemon(t, config{})
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	p := e.startSettled(t, config{})
 
 	postmaster, err := e.cluster.PostmasterPID()
 	if err != nil {

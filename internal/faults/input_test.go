@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/refresherd/refresherd/internal/daemontest"
 	"github.com/refresherd/refresherd/internal/demodata"
 )
 
@@ -17,9 +18,7 @@ import (
 func TestGarbageNotifications(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
-	p := e.startDaemon(t, config{})
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	p := e.startSettled(t, config{})
 
 	payloads := []string{
 		`not json`,
@@ -76,7 +75,7 @@ func TestBadViews(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
 	const badQuery, missingSource = "public.bad_query_summary", "public.refund_summary"
-	views := summaryView(demodata.SummaryQuery) + `  - name: ` + badQuery + `
+	views := daemontest.SummaryView(demodata.SummaryQuery) + `  - name: ` + badQuery + `
     unique_key: [id]
     sources: [public.app_charge]
     query: SELECT c.id, c.no_such_column FROM public.app_charge c

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/refresherd/refresherd/internal/daemontest"
 )
 
 // TestDatabaseRestart stops the database (immediate mode: a crash as far as
@@ -17,9 +19,7 @@ import (
 func TestDatabaseRestart(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 5000)
-	p := e.startDaemon(t, config{views: summaryView(slowQuery)})
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	p := e.startSettled(t, config{views: daemontest.SummaryView(slowQuery)})
 
 	for _, tc := range []struct {
 		name       string

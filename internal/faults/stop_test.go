@@ -5,6 +5,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/refresherd/refresherd/internal/daemontest"
 )
 
 // TestStopMidRefresh stops the daemon while a slow refresh runs: first with
@@ -17,10 +19,8 @@ func TestStopMidRefresh(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
 	const grace = time.Second
-	cfg := config{views: summaryView(slowQuery), grace: "1s"}
-	p := e.startDaemon(t, cfg)
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	cfg := config{views: daemontest.SummaryView(slowQuery), grace: "1s"}
+	p := e.startSettled(t, cfg)
 
 	// A refresh that would take 30 s.
 	e.setDelay(t, 30)
