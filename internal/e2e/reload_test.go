@@ -176,14 +176,19 @@ func TestDryRun(t *testing.T) {
 	if err := daemontest.Settled(ctx, pool, view); err != nil {
 		t.Fatal(err)
 	}
-	_ = daemontest.Eventually(ctx, 100*time.Millisecond, func() error {
+	// Both views refreshed: the dry run below must see them up to date.
+	if err := daemontest.Eventually(ctx, 100*time.Millisecond, func() error {
 		var n int
-		_ = pool.QueryRow(ctx, `SELECT count(*) FROM refresherd.view_status WHERE last_result = 'success'`).Scan(&n)
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM refresherd.view_status WHERE last_result = 'success'`).Scan(&n); err != nil {
+			return err
+		}
 		if n < 2 {
 			return fmt.Errorf("%d views refreshed", n)
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	p.Kill()
 	out = dry(reloadConfig(monthsViewV2))
 	if !strings.Contains(out, "public.app_chargesummary: up to date") || !strings.Contains(out, "public.charge_months: definition changed: rebuild") {
