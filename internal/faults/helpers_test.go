@@ -342,6 +342,22 @@ func get(p *daemontest.Proc, path string, timeout time.Duration) (int, string, t
 	return code, string(body), time.Since(t0), err
 }
 
+// waitReady waits until /readyz answers 200.
+func waitReady(p *daemontest.Proc, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	return daemontest.Eventually(ctx, 100*time.Millisecond, func() error {
+		code, body, err := p.Get(ctx, "/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("/readyz: %d %s", code, strings.TrimSpace(string(body)))
+		}
+		return nil
+	})
+}
+
 // statusDoc is the part of /status the tests read.
 type statusDoc struct {
 	Leader            bool `json:"leader"`

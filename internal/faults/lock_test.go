@@ -62,6 +62,8 @@ func TestLockContention(t *testing.T) {
 		}
 		samples++
 		maxConcurrent = max(maxConcurrent, n)
+		// The sampling interval: watching the server throughout the
+		// contention is the test.
 		time.Sleep(25 * time.Millisecond)
 	}
 	if maxConcurrent > 1 {

@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -98,19 +99,17 @@ func waitServerRefreshes(t *testing.T, e *env, within time.Duration, ok func(int
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	last := -1
-	for {
+	err := daemontest.Eventually(ctx, 50*time.Millisecond, func() error {
 		n, err := serverRefreshes(ctx, e.pool)
-		if err == nil {
-			last = n
-			if ok(n) {
-				return
-			}
+		if err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("after %v: %d REFRESH of the view from the daemon on the server (last error %v)", within, last, err)
-		case <-time.After(50 * time.Millisecond):
+		if !ok(n) {
+			return fmt.Errorf("%d REFRESH of the view from the daemon on the server", n)
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after %v: %v", within, err)
 	}
 }
