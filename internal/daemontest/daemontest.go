@@ -251,16 +251,25 @@ func (p *Proc) Exited() bool {
 
 // Get fetches a path from the daemon's HTTP server.
 func (p *Proc) Get(ctx context.Context, path string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL()+path, nil)
+	return HTTPGet(ctx, http.DefaultClient, p.URL()+path)
+}
+
+// maxBody bounds a body HTTPGet reads: far above any /metrics or API
+// answer a test sees, so a runaway server cannot exhaust memory.
+const maxBody = 32 << 20
+
+// HTTPGet fetches url with client and returns the status code and body.
+func HTTPGet(ctx context.Context, client *http.Client, url string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	return resp.StatusCode, b, err
 }
 

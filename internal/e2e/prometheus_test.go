@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -265,17 +264,7 @@ func (s *promServer) get(ctx context.Context, path string, params url.Values) (i
 	if params != nil {
 		u += "?" + params.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
-	return resp.StatusCode, body, err
+	return daemontest.HTTPGet(ctx, s.client, u)
 }
 
 // api calls an HTTP API endpoint and decodes its data into out.
