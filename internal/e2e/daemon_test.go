@@ -150,13 +150,17 @@ func TestShippedConfigEndToEnd(t *testing.T) {
 	}
 
 	// SIGTERM: exit 0 well within the grace period.
-	_, metricsBody, _ := p.Get(ctx, "/metrics")
+	// Read for the password check below: a failed read would make it vacuous.
+	code, metricsBody, err := p.Get(ctx, "/metrics")
+	if err != nil || code != http.StatusOK || !strings.Contains(string(metricsBody), "refresherd_refreshes_total") {
+		t.Fatalf("GET /metrics: %d, %v", code, err)
+	}
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	stopCtx, stopCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer stopCancel()
-	code, err := p.Wait(stopCtx)
+	code, err = p.Wait(stopCtx)
 	if err != nil || code != 0 {
 		t.Fatalf("exit after SIGTERM: code %d, %v", code, err)
 	}

@@ -105,8 +105,8 @@ func TestReload(t *testing.T) {
 	// A bad config is refused; the running one keeps working.
 	hup("views: [\n")
 	if err := daemontest.Eventually(ctx, 50*time.Millisecond, func() error {
-		if v, _ := metric("refresherd_config_last_reload_successful", nil); v != 0 {
-			return fmt.Errorf("reload_successful = %v", v)
+		if v, ok := metric("refresherd_config_last_reload_successful", nil); !ok || v != 0 {
+			return fmt.Errorf("reload_successful = %v (series present: %v)", v, ok)
 		}
 		return nil
 	}); err != nil {
