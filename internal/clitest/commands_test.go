@@ -206,7 +206,7 @@ func TestHelpAndVersion(t *testing.T) {
 func TestStatusBeforeAndAfterRefresh(t *testing.T) {
 	dbURL, pool := demoDB(t, 2000)
 	env := []string{"DATABASE_URL=" + dbURL}
-	cfg := shippedConfig()
+	cfg := daemontest.ShippedConfig()
 
 	// Before anything ran: the view does not exist, "never".
 	r := cmd(t, env, "status", "--config", cfg)
@@ -293,26 +293,22 @@ func TestStatusBeforeAndAfterRefresh(t *testing.T) {
 
 // failingConfig adds to the shipped summary a view that divides by each
 // charge's amount: a zero amount makes its refresh fail.
-var failingConfig = `database:
-  url: ${DATABASE_URL}
-views:
-  - name: public.app_chargesummary
-    unique_key: [id]
-    sources: [public.app_charge]
-    query: |
-` + "      " + demodataQueryIndented + `
-  - name: public.app_chargeinverse
+var failingConfig = summaryAnd(`  - name: public.app_chargeinverse
     unique_key: [id]
     sources: [public.app_charge]
     query: SELECT c.id, 1 / c.amount AS inverse FROM public.app_charge c
-`
+`)
 
-var demodataQueryIndented = strings.ReplaceAll(demodata.SummaryQuery, "\n", "\n      ")
+// summaryAnd is a config with the shipped summary and more views (YAML
+// list items).
+func summaryAnd(views string) string {
+	return "database:\n  url: ${DATABASE_URL}\nviews:\n" + daemontest.SummaryView(demodata.SummaryQuery) + views
+}
 
 func TestRefreshFailureKeepsOldData(t *testing.T) {
 	dbURL, pool := demoDB(t, 2000)
 	env := []string{"DATABASE_URL=" + dbURL}
-	cfg := writeConfig(t, failingConfig)
+	cfg := daemontest.WriteConfig(t, failingConfig)
 	const inverse = "public.app_chargeinverse"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -402,15 +398,15 @@ func TestRefreshFailureKeepsOldData(t *testing.T) {
 func TestRefreshUnknownView(t *testing.T) {
 	dbURL, pool := demoDB(t, 100)
 	env := []string{"DATABASE_URL=" + dbURL}
-	r := cmd(t, env, "refresh", "--config", shippedConfig(), summary, "public.nope")
+	r := cmd(t, env, "refresh", "--config", daemontest.ShippedConfig(), summary, "public.nope")
 	if r.code != 2 || r.stdout != "" {
 		t.Fatalf("unknown view: want exit 2 and no output: %s", r)
 	}
-	want := "refresherd refresh: unknown view public.nope: not in " + shippedConfig() + " (configured: " + summary + ")\n"
+	want := "refresherd refresh: unknown view public.nope: not in " + daemontest.ShippedConfig() + " (configured: " + summary + ")\n"
 	if r.stderr != want {
 		t.Errorf("stderr = %q, want %q", r.stderr, want)
 	}
-	r = cmd(t, env, "refresh", "--config", shippedConfig(), "nope")
+	r = cmd(t, env, "refresh", "--config", daemontest.ShippedConfig(), "nope")
 	if r.code != 2 || !strings.Contains(r.stderr, `view "nope": expected a qualified name schema.name`) {
 		t.Errorf("unqualified view: %s", r)
 	}
@@ -426,7 +422,7 @@ func TestRefreshUnknownView(t *testing.T) {
 func TestStatusInProgressAndLeader(t *testing.T) {
 	dbURL, pool := demoDB(t, 100)
 	env := []string{"DATABASE_URL=" + dbURL}
-	cfg := writeConfig(t, `database:
+	cfg := daemontest.WriteConfig(t, `database:
   url: ${DATABASE_URL}
 views:
   - name: public.app_slow
@@ -545,19 +541,8 @@ func TestStatusSeesDaemonLeader(t *testing.T) {
 	dbURL, pool := demoDB(t, 500)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, err := daemontest.Start(ctx, daemontest.Options{Binary: mustBinary(t), Args: []string{"--config", shippedConfig()},
+	p := daemontest.StartT(t, daemontest.Options{Args: []string{"--config", daemontest.ShippedConfig()},
 		Env: []string{"DATABASE_URL=" + dbURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if !p.Exited() {
-			p.Kill()
-		}
-		if t.Failed() {
-			t.Logf("daemon logs:\n%s", p.Logs())
-		}
-	})
 	if _, err := p.WaitLog(ctx, func(l map[string]any) bool { return l["msg"] == "refreshed" }); err != nil {
 		t.Fatal(err)
 	}
@@ -567,7 +552,7 @@ func TestStatusSeesDaemonLeader(t *testing.T) {
 		AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1`, int64(classid), int64(objid)).Scan(&daemonPID); err != nil {
 		t.Fatalf("daemon's leader lock: %v", err)
 	}
-	doc := statusDoc(t, dbURL, shippedConfig())
+	doc := statusDoc(t, dbURL, daemontest.ShippedConfig())
 	if !doc.Leader.Held || doc.Leader.PID == nil || *doc.Leader.PID != daemonPID ||
 		doc.Leader.ApplicationName == nil || *doc.Leader.ApplicationName != "refresherd" {
 		t.Errorf("leader = %+v, want the daemon's session %d", doc.Leader, daemonPID)
@@ -581,12 +566,12 @@ func TestStatusSeesDaemonLeader(t *testing.T) {
 func TestCheckAllGood(t *testing.T) {
 	dbURL, _ := demoDB(t, 100)
 	env := []string{"DATABASE_URL=" + dbURL}
-	r := cmd(t, env, "check", "--config", shippedConfig())
+	r := cmd(t, env, "check", "--config", daemontest.ShippedConfig())
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("check on a fresh database: %s", r)
 	}
 	want := []string{
-		"ok config: " + shippedConfig() + ": 1 view(s): " + summary,
+		"ok config: " + daemontest.ShippedConfig() + ": 1 view(s): " + summary,
 		`ok database: connected to PostgreSQL `,
 		`ok refresherd schema: does not exist yet: start-up will create it (role "postgres" may CREATE in database `,
 		"ok " + summary + ": source table public.app_charge: set-up will install the change trigger (TRIGGER privilege held)",
@@ -594,10 +579,10 @@ func TestCheckAllGood(t *testing.T) {
 	}
 	checkLines(t, r.stdout, want)
 
-	if r := cmd(t, env, "refresh", "--config", shippedConfig()); r.code != 0 {
+	if r := cmd(t, env, "refresh", "--config", daemontest.ShippedConfig()); r.code != 0 {
 		t.Fatalf("refresh: %s", r)
 	}
-	r = cmd(t, env, "check", "--config", shippedConfig())
+	r = cmd(t, env, "check", "--config", daemontest.ShippedConfig())
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("check after a refresh: %s", r)
 	}
@@ -659,19 +644,11 @@ func createRole(t *testing.T) string {
 	return role
 }
 
-var missingSourceConfig = `database:
-  url: ${DATABASE_URL}
-views:
-  - name: public.app_chargesummary
-    unique_key: [id]
-    sources: [public.app_charge]
-    query: |
-` + "      " + demodataQueryIndented + `
-  - name: public.app_missingsummary
+var missingSourceConfig = summaryAnd(`  - name: public.app_missingsummary
     unique_key: [id]
     sources: [public.app_missing]
     query: SELECT m.id FROM public.app_missing m
-`
+`)
 
 func TestCheckProblems(t *testing.T) {
 	role := createRole(t)
@@ -697,7 +674,7 @@ func TestCheckProblems(t *testing.T) {
 		}
 	})
 	roleEnv := []string{"DATABASE_URL=" + withPassword(t, adminURL, role)}
-	cfg := writeConfig(t, missingSourceConfig)
+	cfg := daemontest.WriteConfig(t, missingSourceConfig)
 
 	res := cmd(t, roleEnv, "check", "--config", cfg)
 	if res.code != 1 {
@@ -718,7 +695,7 @@ func TestCheckProblems(t *testing.T) {
 
 	// Once the admin has set everything up, the role lacks ownership of
 	// the view and of refresherd's objects, and CREATE on its schema.
-	if res := cmd(t, []string{"DATABASE_URL=" + adminURL}, "refresh", "--config", shippedConfig()); res.code != 0 {
+	if res := cmd(t, []string{"DATABASE_URL=" + adminURL}, "refresh", "--config", daemontest.ShippedConfig()); res.code != 0 {
 		t.Fatalf("refresh as admin: %s", res)
 	}
 	res = cmd(t, roleEnv, "check", "--config", cfg)
@@ -773,7 +750,7 @@ func TestUnreachableDatabase(t *testing.T) {
 	// Port 1 on localhost: nothing listens; the URL carries the password.
 	env := []string{"DATABASE_URL=postgres://app:" + secret + "@127.0.0.1:1/app?connect_timeout=5"}
 	for _, c := range []string{"status", "refresh", "check"} {
-		r := cmd(t, env, c, "--config", shippedConfig())
+		r := cmd(t, env, c, "--config", daemontest.ShippedConfig())
 		if r.code != 1 {
 			t.Errorf("%s with the database down: want exit 1: %s", c, r)
 		}
@@ -781,14 +758,14 @@ func TestUnreachableDatabase(t *testing.T) {
 			t.Errorf("%s: no error on stderr: %s", c, r)
 		}
 	}
-	r := cmd(t, env, "check", "--config", shippedConfig())
+	r := cmd(t, env, "check", "--config", daemontest.ShippedConfig())
 	if !strings.Contains(r.stdout, "PROBLEM database: cannot connect (database.url): ") {
 		t.Errorf("check: %s", r)
 	}
 }
 
 func TestBadConfig(t *testing.T) {
-	bad := writeConfig(t, `database:
+	bad := daemontest.WriteConfig(t, `database:
   url: postgres://app:`+secret+`@127.0.0.1:1/app
 views:
   - name: public.app_chargesummary
@@ -804,7 +781,7 @@ views:
 			t.Errorf("%s with a bad config: want exit 2 and %q: %s", c, want, r)
 		}
 	}
-	noURL := writeConfig(t, `views:
+	noURL := daemontest.WriteConfig(t, `views:
   - name: public.app_chargesummary
     unique_key: [id]
     change_detection: none
@@ -819,7 +796,7 @@ views:
 	if r := cmd(t, nil, "check", "--config", "/nonexistent/config.yaml"); r.code != 2 || !strings.Contains(r.stderr, "no such file") {
 		t.Errorf("missing config file: %s", r)
 	}
-	if r := cmd(t, nil, "status", "--config", shippedConfig(), "extra"); r.code != 2 {
+	if r := cmd(t, nil, "status", "--config", daemontest.ShippedConfig(), "extra"); r.code != 2 {
 		t.Errorf("extra argument: want exit 2: %s", r)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,24 +18,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/internal/daemontest"
-	"github.com/refresherd/refresherd/internal/demodata"
-	"github.com/refresherd/refresherd/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) { daemontest.Main(m) }
 
 // secret is put in every database URL the commands get (the test cluster
 // trusts local connections, so any password works); no output may show it.
 const secret = "Sup3rSecretPw"
-
-// bin is refresherd built once for this test binary; the tests run it as
-// users do, as a separate process.
-var bin daemontest.Binary
-
-func mustBinary(t *testing.T) string {
-	t.Helper()
-	return bin.Path(t)
-}
 
 // result is one finished command.
 type result struct {
@@ -56,7 +44,7 @@ func cmd(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := exec.CommandContext(ctx, mustBinary(t), args...)
+	c := exec.CommandContext(ctx, daemontest.Binary(t), args...)
 	for _, e := range os.Environ() {
 		name, _, _ := strings.Cut(e, "=")
 		switch name {
@@ -102,34 +90,8 @@ func withPassword(t *testing.T, u, user string) string {
 // returns the URL (with the test password) and an admin pool.
 func demoDB(t *testing.T, n int) (string, *pgxpool.Pool) {
 	t.Helper()
-	u := pgtest.NewDB(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	pool, err := pgxpool.New(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := demodata.CreateSchema(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if err := demodata.Load(ctx, pool, demodata.DefaultSize(n)); err != nil {
-		t.Fatal(err)
-	}
+	u, pool := daemontest.DemoDB(t, n)
 	return withPassword(t, u, ""), pool
-}
-
-// shippedConfig is the repository's config.yaml.
-func shippedConfig() string { return filepath.Join(daemontest.ModuleRoot(), "config.yaml") }
-
-// writeConfig writes a config file into the test's temp dir.
-func writeConfig(t *testing.T, body string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // lines returns the non-empty lines of s.

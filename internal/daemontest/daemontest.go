@@ -251,16 +251,25 @@ func (p *Proc) Exited() bool {
 
 // Get fetches a path from the daemon's HTTP server.
 func (p *Proc) Get(ctx context.Context, path string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL()+path, nil)
+	return HTTPGet(ctx, http.DefaultClient, p.URL()+path)
+}
+
+// maxBody bounds a body HTTPGet reads: far above any /metrics or API
+// answer a test sees, so a runaway server cannot exhaust memory.
+const maxBody = 32 << 20
+
+// HTTPGet fetches url with client and returns the status code and body.
+func HTTPGet(ctx context.Context, client *http.Client, url string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	return resp.StatusCode, b, err
 }
 
@@ -359,34 +368,56 @@ func Eventually(ctx context.Context, interval time.Duration, cond func() error) 
 	}
 }
 
-// Binary builds refresherd at most once per test process, for test packages
-// that run it as a separate process: declare `var bin daemontest.Binary` and
-// call bin.Path(t).
-type Binary struct {
-	once sync.Once
-	path string
-	err  error
+// WaitMetric polls /metrics until the sum of the series of name matching
+// labels satisfies ok, and returns that value; it fails when there is no
+// such series or ctx ends first.
+func (p *Proc) WaitMetric(ctx context.Context, name string, labels map[string]string, ok func(float64) bool) (float64, error) {
+	var v float64
+	err := Eventually(ctx, 50*time.Millisecond, func() error {
+		fams, err := p.Metrics(ctx)
+		if err != nil {
+			return err
+		}
+		if _, found := fams.Value(name, labels); !found {
+			return fmt.Errorf("no series %s%v", name, labels)
+		}
+		v = fams.Sum(name, labels)
+		if !ok(v) {
+			return fmt.Errorf("%s%v = %v", name, labels, v)
+		}
+		return nil
+	})
+	if err != nil {
+		return v, fmt.Errorf("wait for %s: %w", name, err)
+	}
+	return v, nil
 }
 
-// Path builds the binary on first use (into a temporary directory) and
-// returns its path; a build failure fails t.
-func (b *Binary) Path(t interface {
-	Helper()
-	Fatal(...any)
-}) string {
-	t.Helper()
-	b.once.Do(func() {
-		dir, err := os.MkdirTemp("", "refresherd-test-bin-")
+// WaitIdle waits until every one of views is clean in the same scrape: no
+// refresh running, no change pending and staleness 0.
+func (p *Proc) WaitIdle(ctx context.Context, views ...string) error {
+	err := Eventually(ctx, 50*time.Millisecond, func() error {
+		fams, err := p.Metrics(ctx)
 		if err != nil {
-			b.err = fmt.Errorf("build refresherd: %w", err)
-			return
+			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		b.path, b.err = Build(ctx, dir)
+		for _, view := range views {
+			l := map[string]string{"view": view}
+			inProg, ok := fams.Value("refresherd_refresh_in_progress", l)
+			if !ok {
+				// Not vacuously idle: a view the daemon does not know.
+				return fmt.Errorf("no refresherd_refresh_in_progress series for %s", view)
+			}
+			pend, _ := fams.Value("refresherd_pending_changes", l)
+			stale, _ := fams.Value("refresherd_staleness_seconds", l)
+			if inProg != 0 || pend != 0 || stale != 0 {
+				return fmt.Errorf("%s busy: in progress %v, pending %v, staleness %v", view, inProg, pend, stale)
+			}
+		}
+		return nil
 	})
-	if b.err != nil {
-		t.Fatal(b.err)
+	if err != nil {
+		return fmt.Errorf("wait until %v idle: %w", views, err)
 	}
-	return b.path
+	return nil
 }

@@ -102,27 +102,63 @@ func TestWriterSurvivesRestart(t *testing.T) {
 	if err := demodata.Load(ctx, pool, s); err != nil {
 		t.Fatal(err)
 	}
-	w := demodata.NewWriter(pool, s, 1, t.Logf)
+	// The writer's own signals: each commit, and each failure it logs.
+	commits := make(chan struct{}, 1000)
+	failures := make(chan struct{}, 1000)
+	w := demodata.NewWriter(pool, s, 1, func(format string, args ...any) {
+		t.Logf(format, args...)
+		select {
+		case failures <- struct{}{}:
+		default:
+		}
+	})
+	w.OnCommit = func(int64, time.Time) {
+		select {
+		case commits <- struct{}{}:
+		default:
+		}
+	}
+	await := func(what string, ch <-chan struct{}, n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				t.Fatalf("waiting for %d %s: %v", n, what, ctx.Err())
+			}
+		}
+	}
 	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan demodata.Counts, 1)
+	var c demodata.Counts
+	finished := make(chan struct{})
 	go func() {
-		c, err := w.Run(runCtx, 100, demodata.Mix{})
-		if err != nil {
+		defer close(finished)
+		var err error
+		if c, err = w.Run(runCtx, 100, demodata.Mix{}); err != nil {
 			t.Error(err)
 		}
-		done <- c
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// Also on a failure below: the writer must not log after the test.
+	defer func() {
+		stop()
+		<-finished
+	}()
+	await("commits before the kill", commits, 25)
 	if err := cl.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	await("failed writes while the server is down", failures, 1)
 	if err := cl.StartAgain(ctx); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	// Drop the commits signalled so far: those awaited next happened after
+	// the restart.
+	for len(commits) > 0 {
+		<-commits
+	}
+	await("commits after the restart", commits, 25)
 	stop()
-	c := <-done
+	<-finished
 	t.Logf("%+v", c)
 	if c.Errors == 0 || c.Inserts < 50 {
 		t.Fatalf("counts %+v", c)

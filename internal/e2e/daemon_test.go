@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -11,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/refresherd/refresherd/internal/daemontest"
+	"github.com/refresherd/refresherd/internal/demodata"
 )
 
 const view = "public.app_chargesummary"
@@ -36,17 +36,10 @@ func refreshes(t *testing.T, ctx context.Context, p *daemontest.Proc, labels map
 func TestShippedConfigEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	url, pool := demoDB(t, 20000)
-	// A password in the URL must never appear in logs, metrics or /status.
-	// (The test cluster trusts local connections, so any password works.)
-	secretURL := strings.Replace(url, "postgres@", "postgres:Sup3rSecretPw@", 1)
-	p := startDaemon(t, []string{"DATABASE_URL=" + secretURL}, "--config", shippedConfig())
-
 	// Start-up: the view is created, populated and matches the aggregate.
-	if err := settled(ctx, pool, view); err != nil {
-		t.Fatalf("initial population: %v", err)
-	}
-	waitIdle(t, ctx, p)
+	// The password in the URL must never appear in logs, metrics or /status.
+	const secret = "Sup3rSecretPw"
+	p, pool := startShippedIdle(ctx, t, 20000, secret)
 
 	// Every series is there from the start, for every trigger and result.
 	fams, err := p.Metrics(ctx)
@@ -79,7 +72,7 @@ func TestShippedConfigEndToEnd(t *testing.T) {
 			t.Fatalf("%s: %v", st.name, err)
 		}
 		committed := time.Now()
-		if err := settled(ctx, pool, view); err != nil {
+		if err := daemontest.Settled(ctx, pool, view); err != nil {
 			t.Fatalf("%s not reflected: %v", st.name, err)
 		}
 		lag := time.Since(committed)
@@ -98,7 +91,7 @@ func TestShippedConfigEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := settled(ctx, pool, view); err != nil {
+	if err := daemontest.Settled(ctx, pool, view); err != nil {
 		t.Fatal(err)
 	}
 	waitIdle(t, ctx, p)
@@ -108,26 +101,17 @@ func TestShippedConfigEndToEnd(t *testing.T) {
 		t.Errorf("200 commits caused %v refreshes, want between 1 and 10", n)
 	}
 
-	// Idle: 5 seconds without changes cause no refresh.
-	before = refreshes(t, ctx, p, nil)
-	time.Sleep(5 * time.Second)
-	if d := refreshes(t, ctx, p, nil) - before; d != 0 {
-		t.Errorf("%v refreshes while idle, want 0", d)
-	}
-	fams, _ = p.Metrics(ctx)
-	if v, _ := fams.Value("refresherd_staleness_seconds", map[string]string{"view": view}); v != 0 {
-		t.Errorf("staleness while clean = %v, want 0", v)
-	}
+	// No refresh while idle: TestIdleSkipsScheduledTicks.
 
 	// SIGUSR1 through the CLI, as in a container: a counted manual refresh.
 	before = refreshes(t, ctx, p, map[string]string{"trigger": "manual", "result": "success"})
-	out, err := exec.CommandContext(ctx, mustBinary(t), "signal", "refresh", "--pid", strconv.Itoa(p.PID())).CombinedOutput()
+	out, err := exec.CommandContext(ctx, daemontest.Binary(t), "signal", "refresh", "--pid", strconv.Itoa(p.PID())).CombinedOutput()
 	if err != nil {
 		t.Fatalf("refresherd signal refresh: %v\n%s", err, out)
 	}
 	if err := daemontest.Eventually(ctx, 50*time.Millisecond, func() error {
 		if refreshes(t, ctx, p, map[string]string{"trigger": "manual", "result": "success"}) != before+1 {
-			return errorf("manual refresh not counted yet")
+			return fmt.Errorf("manual refresh not counted yet")
 		}
 		return nil
 	}); err != nil {
@@ -166,41 +150,67 @@ func TestShippedConfigEndToEnd(t *testing.T) {
 	}
 
 	// SIGTERM: exit 0 well within the grace period.
-	_, metricsBody, _ := p.Get(ctx, "/metrics")
+	// Read for the password check below: a failed read would make it vacuous.
+	code, metricsBody, err := p.Get(ctx, "/metrics")
+	if err != nil || code != http.StatusOK || !strings.Contains(string(metricsBody), "refresherd_refreshes_total") {
+		t.Fatalf("GET /metrics: %d, %v", code, err)
+	}
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	stopCtx, stopCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer stopCancel()
-	code, err := p.Wait(stopCtx)
+	code, err = p.Wait(stopCtx)
 	if err != nil || code != 0 {
 		t.Fatalf("exit after SIGTERM: code %d, %v", code, err)
 	}
 	for what, text := range map[string]string{"logs": p.Logs(), "metrics": string(metricsBody), "status": string(body)} {
-		if strings.Contains(text, "Sup3rSecretPw") {
+		if strings.Contains(text, secret) {
 			t.Errorf("the database password appears in %s", what)
 		}
 	}
 }
 
-// waitIdle waits until no refresh is running or pending.
-func waitIdle(t *testing.T, ctx context.Context, p *daemontest.Proc) {
-	t.Helper()
-	err := daemontest.Eventually(ctx, 100*time.Millisecond, func() error {
-		fams, err := p.Metrics(ctx)
-		if err != nil {
-			return err
-		}
-		inProg, _ := fams.Value("refresherd_refresh_in_progress", map[string]string{"view": view})
-		pend, _ := fams.Value("refresherd_pending_changes", map[string]string{"view": view})
-		stale, _ := fams.Value("refresherd_staleness_seconds", map[string]string{"view": view})
-		if inProg != 0 || pend != 0 || stale != 0 {
-			return errorf("busy: in progress %v, pending %v, staleness %v", inProg, pend, stale)
-		}
-		return nil
+// TestIdleSkipsScheduledTicks: a daemon with no change to reflect does no
+// refresh. A one-second schedule makes it look again and again; each look
+// that finds nothing to do is counted as trigger "schedule", result
+// "skipped", so the test waits for three such looks instead of sleeping.
+func TestIdleSkipsScheduledTicks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	url, pool := daemontest.DemoDB(t, 2000)
+	p := daemontest.StartT(t, daemontest.Options{
+		Args: []string{"--config", daemontest.WriteConfig(t, `refresh:
+  schedule: "@every 1s"
+  debounce: 200ms
+  max_delay: 2s
+views:
+`+daemontest.SummaryView(demodata.SummaryQuery))},
+		Env: []string{"DATABASE_URL=" + url},
 	})
+	if err := daemontest.Settled(ctx, pool, view); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, ctx, p)
+
+	done := func() float64 {
+		return refreshes(t, ctx, p, map[string]string{"result": "success"}) + refreshes(t, ctx, p, map[string]string{"result": "error"})
+	}
+	before := done()
+	skipped := map[string]string{"view": view, "trigger": "schedule", "result": "skipped"}
+	skippedBefore := refreshes(t, ctx, p, skipped)
+	if _, err := p.WaitMetric(ctx, "refresherd_refreshes_total", skipped, func(v float64) bool { return v >= skippedBefore+3 }); err != nil {
+		t.Fatal(err)
+	}
+	if d := done() - before; d != 0 {
+		t.Errorf("%v refreshes while idle, want 0", d)
+	}
+	fams, err := p.Metrics(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if v, ok := fams.Value("refresherd_staleness_seconds", map[string]string{"view": view}); !ok || v != 0 {
+		t.Errorf("staleness while clean = %v (series present: %v), want 0", v, ok)
 	}
 }
 
@@ -221,5 +231,3 @@ func lastDuration(t *testing.T, ctx context.Context, p *daemontest.Proc) time.Du
 	}
 	return time.Duration(st.Views[0].LastDurationSeconds * float64(time.Second))
 }
-
-var _ = pgxpool.New

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -265,17 +264,7 @@ func (s *promServer) get(ctx context.Context, path string, params url.Values) (i
 	if params != nil {
 		u += "?" + params.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
-	return resp.StatusCode, body, err
+	return daemontest.HTTPGet(ctx, s.client, u)
 }
 
 // api calls an HTTP API endpoint and decodes its data into out.
@@ -331,29 +320,16 @@ func (s *promServer) query(ctx context.Context, expr string) ([]promSample, erro
 	return d.Result, nil
 }
 
-// startShippedIdle runs the daemon with the shipped config on a small demo
-// database and returns once the view is populated and the daemon is idle.
-func startShippedIdle(ctx context.Context, t *testing.T) *daemontest.Proc {
-	t.Helper()
-	dbURL, pool := demoDB(t, 2000)
-	p := startDaemon(t, []string{"DATABASE_URL=" + dbURL}, "--config", shippedConfig())
-	if err := settled(ctx, pool, view); err != nil {
-		t.Fatalf("initial population: %v", err)
-	}
-	waitIdle(t, ctx, p)
-	return p
-}
-
 // TestPrometheusScrapesDaemon: the real Prometheus scrapes the daemon run
 // with the shipped config, finds the documented series, and evaluates the
 // shipped alert rules on them without error and without firing.
 func TestPrometheusScrapesDaemon(t *testing.T) {
 	promBin, _ := ensurePrometheus(t)
-	mustBinary(t) // built (once) outside the time budget
+	daemontest.Binary(t) // built (once) outside the time budget
 	ctx, cancel := context.WithTimeout(context.Background(), promBudget)
 	defer cancel()
 
-	p := startShippedIdle(ctx, t)
+	p, _ := startShippedIdle(ctx, t, 2000, "")
 
 	rg := readRules(t, rulesFile())
 	target := strings.TrimPrefix(p.URL(), "http://")
@@ -381,10 +357,10 @@ func TestPrometheusScrapesDaemon(t *testing.T) {
 	one := func(ok func(float64) bool, want string) func([]promSample) error {
 		return func(v []promSample) error {
 			if len(v) != 1 {
-				return errorf("%d samples, want 1", len(v))
+				return fmt.Errorf("%d samples, want 1", len(v))
 			}
 			if !ok(v[0].float()) {
-				return errorf("value %v, want %s", v[0].Value[1], want)
+				return fmt.Errorf("value %v, want %s", v[0].Value[1], want)
 			}
 			return nil
 		}
@@ -397,7 +373,7 @@ func TestPrometheusScrapesDaemon(t *testing.T) {
 	expect(`refresherd_staleness_seconds`+sel, one(is(0), "0 (the view is fresh)"))
 	expect(`refresherd_refreshes_total`+sel, func(v []promSample) error {
 		if want := len(metrics.Triggers) * len(metrics.Results); len(v) != want {
-			return errorf("%d series, want %d (every trigger and result)", len(v), want)
+			return fmt.Errorf("%d series, want %d (every trigger and result)", len(v), want)
 		}
 		return nil
 	})
@@ -437,7 +413,7 @@ func TestPrometheusScrapesDaemon(t *testing.T) {
 		lowered := staleExpr[:loc[0]] + ">= 0" + staleExpr[loc[1]:]
 		expect(lowered, func(v []promSample) error {
 			if len(v) != 1 || v[0].Metric["view"] != view || v[0].Metric["job"] != "refresherd" || v[0].Metric["instance"] != target {
-				return errorf("want one series of view %s, job refresherd, instance %s", view, target)
+				return fmt.Errorf("want one series of view %s, job refresherd, instance %s", view, target)
 			}
 			return nil
 		})
@@ -464,18 +440,18 @@ func TestPrometheusScrapesDaemon(t *testing.T) {
 			return err
 		}
 		if len(d.Groups) != len(rg.Groups) {
-			return errorf("%d rule groups loaded, rules.yml has %d", len(d.Groups), len(rg.Groups))
+			return fmt.Errorf("%d rule groups loaded, rules.yml has %d", len(d.Groups), len(rg.Groups))
 		}
 		for i, g := range d.Groups {
 			if g.Name != rg.Groups[i].Name || len(g.Rules) != len(rg.Groups[i].Rules) {
-				return errorf("group %d: %q with %d rules loaded, rules.yml has %q with %d", i, g.Name, len(g.Rules), rg.Groups[i].Name, len(rg.Groups[i].Rules))
+				return fmt.Errorf("group %d: %q with %d rules loaded, rules.yml has %q with %d", i, g.Name, len(g.Rules), rg.Groups[i].Name, len(rg.Groups[i].Rules))
 			}
 			for _, r := range g.Rules {
 				if r.Health != "ok" {
-					return errorf("rule %s: health %q %s", r.Name, r.Health, r.LastError)
+					return fmt.Errorf("rule %s: health %q %s", r.Name, r.Health, r.LastError)
 				}
 				if r.Type == "alerting" && r.State != "inactive" {
-					return errorf("alert %s is %s", r.Name, r.State)
+					return fmt.Errorf("alert %s is %s", r.Name, r.State)
 				}
 			}
 		}
@@ -490,11 +466,11 @@ func TestPrometheusScrapesDaemon(t *testing.T) {
 // metric lint (names, suffixes, units, help) without a single remark.
 func TestPromtoolCheckMetrics(t *testing.T) {
 	_, promtool := ensurePrometheus(t)
-	mustBinary(t) // built (once) outside the time budget
+	daemontest.Binary(t) // built (once) outside the time budget
 	ctx, cancel := context.WithTimeout(context.Background(), promBudget)
 	defer cancel()
 
-	p := startShippedIdle(ctx, t) // after a refresh: every family has samples
+	p, _ := startShippedIdle(ctx, t, 2000, "") // after a refresh: every family has samples
 
 	// No Accept header: the Prometheus text format, which promtool reads.
 	code, body, err := p.Get(ctx, "/metrics")

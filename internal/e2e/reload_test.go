@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/refresherd/refresherd/internal/daemontest"
+	"github.com/refresherd/refresherd/internal/demodata"
 )
 
 const monthsView = `
@@ -32,11 +33,7 @@ refresh:
   debounce: 200ms
   max_delay: 2s
 views:
-  - name: public.app_chargesummary
-    unique_key: [id]
-    sources: [public.app_charge]
-    query: SELECT c.user_id::text || ':' || coalesce(c.job_id::text, '-') || ':' || to_char(c.month, 'YYYY-MM-DD') AS id, c.user_id, c.job_id, c.month, coalesce(sum(c.amount) FILTER (WHERE c.type = 'hw'), 0)::numeric(19,2) AS hardware, coalesce(sum(c.amount) FILTER (WHERE c.type = 'sw'), 0)::numeric(19,2) AS software FROM public.app_charge c GROUP BY c.user_id, c.job_id, c.month
-` + strings.Join(views, "")
+` + daemontest.SummaryView(demodata.SummaryQuery) + strings.Join(views, "")
 }
 
 // TestReload: SIGHUP adds a view, changes one (rebuilt beside the old one),
@@ -44,10 +41,13 @@ views:
 func TestReload(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	url, pool := demoDB(t, 5000)
-	cfgPath := writeConfig(t, reloadConfig())
-	p := startDaemon(t, []string{"DATABASE_URL=" + url}, "--config", cfgPath)
-	if err := settled(ctx, pool, view); err != nil {
+	url, pool := daemontest.DemoDB(t, 5000)
+	cfgPath := daemontest.WriteConfig(t, reloadConfig())
+	p := daemontest.StartT(t, daemontest.Options{
+		Args: []string{"--config", cfgPath},
+		Env:  []string{"DATABASE_URL=" + url},
+	})
+	if err := daemontest.Settled(ctx, pool, view); err != nil {
 		t.Fatal(err)
 	}
 
@@ -105,8 +105,8 @@ func TestReload(t *testing.T) {
 	// A bad config is refused; the running one keeps working.
 	hup("views: [\n")
 	if err := daemontest.Eventually(ctx, 50*time.Millisecond, func() error {
-		if v, _ := metric("refresherd_config_last_reload_successful", nil); v != 0 {
-			return fmt.Errorf("reload_successful = %v", v)
+		if v, ok := metric("refresherd_config_last_reload_successful", nil); !ok || v != 0 {
+			return fmt.Errorf("reload_successful = %v (series present: %v)", v, ok)
 		}
 		return nil
 	}); err != nil {
@@ -115,7 +115,7 @@ func TestReload(t *testing.T) {
 	if _, err := pool.Exec(ctx, `INSERT INTO app_charge (type, amount, month, user_id) VALUES ('hw', 7, '2026-02-01', 1)`); err != nil {
 		t.Fatal(err)
 	}
-	if err := settled(ctx, pool, view); err != nil {
+	if err := daemontest.Settled(ctx, pool, view); err != nil {
 		t.Fatalf("after a bad reload: %v", err)
 	}
 	if err := daemontest.Eventually(ctx, 100*time.Millisecond, func() error { return monthsMatch(", biggest") }); err != nil {
@@ -150,10 +150,10 @@ views:` + monthsViewV2)
 func TestDryRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	url, pool := demoDB(t, 1000)
+	url, pool := daemontest.DemoDB(t, 1000)
 	dry := func(body string) string {
 		t.Helper()
-		out, err := execBinary(ctx, t, []string{"DATABASE_URL=" + url}, "run", "--dry-run", "--config", writeConfig(t, body))
+		out, err := execBinary(ctx, t, []string{"DATABASE_URL=" + url}, "run", "--dry-run", "--config", daemontest.WriteConfig(t, body))
 		if err != nil {
 			t.Fatalf("dry run: %v\n%s", err, out)
 		}
@@ -169,18 +169,26 @@ func TestDryRun(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT to_regclass('public.charge_months') IS NOT NULL OR to_regnamespace('refresherd') IS NOT NULL`).Scan(&exists); err != nil || exists {
 		t.Fatalf("dry run changed the database (%v)", err)
 	}
-	p := startDaemon(t, []string{"DATABASE_URL=" + url}, "--config", writeConfig(t, reloadConfig(monthsView)))
-	if err := settled(ctx, pool, view); err != nil {
+	p := daemontest.StartT(t, daemontest.Options{
+		Args: []string{"--config", daemontest.WriteConfig(t, reloadConfig(monthsView))},
+		Env:  []string{"DATABASE_URL=" + url},
+	})
+	if err := daemontest.Settled(ctx, pool, view); err != nil {
 		t.Fatal(err)
 	}
-	_ = daemontest.Eventually(ctx, 100*time.Millisecond, func() error {
+	// Both views refreshed: the dry run below must see them up to date.
+	if err := daemontest.Eventually(ctx, 100*time.Millisecond, func() error {
 		var n int
-		_ = pool.QueryRow(ctx, `SELECT count(*) FROM refresherd.view_status WHERE last_result = 'success'`).Scan(&n)
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM refresherd.view_status WHERE last_result = 'success'`).Scan(&n); err != nil {
+			return err
+		}
 		if n < 2 {
 			return fmt.Errorf("%d views refreshed", n)
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	p.Kill()
 	out = dry(reloadConfig(monthsViewV2))
 	if !strings.Contains(out, "public.app_chargesummary: up to date") || !strings.Contains(out, "public.charge_months: definition changed: rebuild") {

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -24,15 +22,6 @@ import (
 
 // view is the summary every test checks with demodata.Diff.
 const view = "public.app_chargesummary"
-
-// bin is refresherd built once for this test binary; the tests run it as
-// users do, as a separate process.
-var bin daemontest.Binary
-
-func mustBinary(t *testing.T) string {
-	t.Helper()
-	return bin.Path(t)
-}
 
 // env is one test's world: a private cluster (so the test may stop, hang or
 // kill it), database "app" with the demo tables and data, and a pool on it
@@ -124,26 +113,11 @@ func (e *env) change(t *testing.T) {
 	e.exec(t, `INSERT INTO app_charge (type, amount, month, user_id, job_id) VALUES ('hw', 12.34, '2026-03-01', 1, NULL)`)
 }
 
-// settled waits until the summary equals the aggregate over the current
-// data, or ctx ends.
-func (e *env) settled(ctx context.Context) error {
-	return daemontest.Eventually(ctx, 50*time.Millisecond, func() error {
-		missing, extra, err := demodata.Diff(ctx, e.pool, view)
-		if err != nil {
-			return err
-		}
-		if missing != 0 || extra != 0 {
-			return fmt.Errorf("summary differs from the aggregate: %d rows missing, %d extra", missing, extra)
-		}
-		return nil
-	})
-}
-
 func (e *env) mustSettle(t *testing.T, within time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	if err := e.settled(ctx); err != nil {
+	if err := daemontest.Settled(ctx, e.pool, view); err != nil {
 		t.Fatalf("not settled within %v: %v", within, err)
 	}
 }
@@ -234,23 +208,6 @@ type config struct {
 	extraTop    string // more top-level YAML
 }
 
-// summaryView is the views: entry of the summary over query q.
-func summaryView(q string) string {
-	return `  - name: ` + view + `
-    unique_key: [id]
-    sources: [public.app_charge]
-    query: |
-` + indent(q, "      ") + "\n"
-}
-
-func indent(s, prefix string) string {
-	lines := strings.Split(s, "\n")
-	for i, l := range lines {
-		lines[i] = prefix + l
-	}
-	return strings.Join(lines, "\n")
-}
-
 func (c config) write(t *testing.T) string {
 	t.Helper()
 	def := func(v, d string) string {
@@ -276,43 +233,39 @@ max_concurrent_refreshes: 2
   statement_timeout: ` + def(c.stmtTimeout, "60s") + `
   lock_timeout: ` + def(c.lockTimeout, "2s") + `
 views:
-` + def(c.views, summaryView(demodata.SummaryQuery))
-	p := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+` + def(c.views, daemontest.SummaryView(demodata.SummaryQuery))
+	return daemontest.WriteConfig(t, body)
 }
 
-// start runs the daemon with cfgPath and env and kills it at cleanup (if
-// the test has not stopped it), printing its logs when the test failed.
+// start runs the daemon with cfgPath and env (see daemontest.StartT).
 func start(t *testing.T, cfgPath string, envVars ...string) *daemontest.Proc {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	p, err := daemontest.Start(ctx, daemontest.Options{
-		Binary: mustBinary(t),
-		Args:   []string{"--config", cfgPath, "--log-format", "json"},
-		Env:    envVars,
+	return daemontest.StartT(t, daemontest.Options{
+		Args: []string{"--config", cfgPath, "--log-format", "json"},
+		Env:  envVars,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if !p.Exited() {
-			p.Kill()
-		}
-		if t.Failed() {
-			t.Logf("daemon %d logs:\n%s", p.PID(), p.Logs())
-		}
-	})
-	return p
 }
 
 // startDaemon runs the daemon against the env's database as superuser.
 func (e *env) startDaemon(t *testing.T, c config) *daemontest.Proc {
 	t.Helper()
 	return start(t, c.write(t), "DATABASE_URL="+e.url)
+}
+
+// startSettled is startDaemon, then settle.
+func (e *env) startSettled(t *testing.T, c config) *daemontest.Proc {
+	t.Helper()
+	p := e.startDaemon(t, c)
+	e.settle(t, p)
+	return p
+}
+
+// settle waits until p's start-up refresh is done: the summary matches the
+// data and p is idle.
+func (e *env) settle(t *testing.T, p *daemontest.Proc) {
+	t.Helper()
+	e.mustSettle(t, 30*time.Second)
+	waitIdle(t, p, 30*time.Second)
 }
 
 // metric reads one series (summed over matching label sets) from /metrics.
@@ -357,22 +310,11 @@ func waitMetric(t *testing.T, p *daemontest.Proc, within time.Duration, name str
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	var last float64
-	err := daemontest.Eventually(ctx, 50*time.Millisecond, func() error {
-		v, err := metric(ctx, p, name, labels)
-		if err != nil {
-			return err
-		}
-		last = v
-		if !ok(v) {
-			return fmt.Errorf("%s%v = %v", name, labels, v)
-		}
-		return nil
-	})
+	v, err := p.WaitMetric(ctx, name, labels, ok)
 	if err != nil {
-		t.Fatalf("waiting for %s: %v", name, err)
+		t.Fatal(err)
 	}
-	return last
+	return v
 }
 
 // waitIdle waits until the summary is clean: no refresh running or pending.
@@ -380,21 +322,7 @@ func waitIdle(t *testing.T, p *daemontest.Proc, within time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	err := daemontest.Eventually(ctx, 50*time.Millisecond, func() error {
-		fams, err := p.Metrics(ctx)
-		if err != nil {
-			return err
-		}
-		l := map[string]string{"view": view}
-		inProg, _ := fams.Value("refresherd_refresh_in_progress", l)
-		pend, _ := fams.Value("refresherd_pending_changes", l)
-		stale, _ := fams.Value("refresherd_staleness_seconds", l)
-		if inProg != 0 || pend != 0 || stale != 0 {
-			return fmt.Errorf("busy: in progress %v, pending %v, staleness %v", inProg, pend, stale)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := p.WaitIdle(ctx, view); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -412,6 +340,22 @@ func get(p *daemontest.Proc, path string, timeout time.Duration) (int, string, t
 	t0 := time.Now()
 	code, body, err := p.Get(ctx, path)
 	return code, string(body), time.Since(t0), err
+}
+
+// waitReady waits until /readyz answers 200.
+func waitReady(p *daemontest.Proc, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	return daemontest.Eventually(ctx, 100*time.Millisecond, func() error {
+		code, body, err := p.Get(ctx, "/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("/readyz: %d %s", code, strings.TrimSpace(string(body)))
+		}
+		return nil
+	})
 }
 
 // statusDoc is the part of /status the tests read.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/refresherd/refresherd/internal/daemontest"
 	"github.com/refresherd/refresherd/internal/demodata"
 )
 
@@ -17,9 +18,7 @@ import (
 func TestGarbageNotifications(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
-	p := e.startDaemon(t, config{})
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	p := e.startSettled(t, config{})
 
 	payloads := []string{
 		`not json`,
@@ -46,13 +45,25 @@ func TestGarbageNotifications(t *testing.T) {
 	}
 	want := ignoredBefore + float64(len(payloads))
 	waitMetric(t, p, 10*time.Second, "refresherd_notifications_ignored_total", nil, func(v float64) bool { return v >= want })
-	// Longer than debounce (200 ms) with margin: a refresh they wrongly
-	// caused would have started by now.
-	time.Sleep(time.Second)
-	if got := mustMetric(t, p, "refresherd_notifications_ignored_total", nil); got != want {
+	// The listener handles notifications one at a time, in order, and
+	// counts one as ignored only once it has decided not to route it: every
+	// payload has been handled now. One that wrongly reached the view would
+	// show in this same scrape as a pending change (or a refresh running or
+	// done), whatever the debounce.
+	fams, err := p.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fams.Sum("refresherd_notifications_ignored_total", nil); got != want {
 		t.Errorf("refresherd_notifications_ignored_total = %v, want %v (%d payloads sent)", got, want, len(payloads))
 	}
-	if got := mustMetric(t, p, "refresherd_refreshes_total", map[string]string{"view": view}) - refreshesBefore; got != 0 {
+	l := map[string]string{"view": view}
+	for _, name := range []string{"refresherd_pending_changes", "refresherd_refresh_in_progress", "refresherd_staleness_seconds"} {
+		if v, ok := fams.Value(name, l); !ok || v != 0 {
+			t.Errorf("%s = %v (series present: %v) after the garbage, want 0", name, v, ok)
+		}
+	}
+	if got := fams.Sum("refresherd_refreshes_total", l) - refreshesBefore; got != 0 {
 		t.Errorf("garbage notifications caused %v refreshes", got)
 	}
 
@@ -76,7 +87,7 @@ func TestBadViews(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
 	const badQuery, missingSource = "public.bad_query_summary", "public.refund_summary"
-	views := summaryView(demodata.SummaryQuery) + `  - name: ` + badQuery + `
+	views := daemontest.SummaryView(demodata.SummaryQuery) + `  - name: ` + badQuery + `
     unique_key: [id]
     sources: [public.app_charge]
     query: SELECT c.id, c.no_such_column FROM public.app_charge c

@@ -16,8 +16,7 @@ func TestListenerKilled(t *testing.T) {
 	e := newEnv(t, 2000)
 	e.exec(t, `CREATE ROLE refresherd_li LOGIN SUPERUSER`)
 	p := start(t, config{}.write(t), "DATABASE_URL="+roleURL(t, e.url, "refresherd_li"))
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	e.settle(t, p)
 	waitMetric(t, p, 10*time.Second, "refresherd_listener_connected", nil, func(v float64) bool { return v == 1 })
 
 	reconnectsBefore := mustMetric(t, p, "refresherd_listener_reconnects_total", nil)

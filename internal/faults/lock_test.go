@@ -16,9 +16,7 @@ import (
 func TestLockContention(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
-	p := e.startDaemon(t, config{lockTimeout: "500ms"})
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	p := e.startSettled(t, config{lockTimeout: "500ms"})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -64,6 +62,8 @@ func TestLockContention(t *testing.T) {
 		}
 		samples++
 		maxConcurrent = max(maxConcurrent, n)
+		// The sampling interval: watching the server throughout the
+		// contention is the test.
 		time.Sleep(25 * time.Millisecond)
 	}
 	if maxConcurrent > 1 {

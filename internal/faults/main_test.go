@@ -3,9 +3,9 @@ package faults
 import (
 	"testing"
 
-	"github.com/refresherd/refresherd/internal/pgtest"
+	"github.com/refresherd/refresherd/internal/daemontest"
 )
 
-// TestMain provides the shared cluster (unused here: every test starts its
-// own so it can break it) and checks for leaked goroutines afterwards.
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// TestMain starts no shared cluster (every test starts its own so it can
+// break it) and checks for leaked goroutines afterwards.
+func TestMain(m *testing.M) { daemontest.MainOwnClusters(m) }

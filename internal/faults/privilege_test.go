@@ -58,8 +58,7 @@ func TestLeastPrivilege(t *testing.T) {
 			}
 			daemonURL := roleURL(t, e.url, "refresherd_app")
 			p := start(t, config{}.write(t), "DATABASE_URL="+daemonURL)
-			e.mustSettle(t, 30*time.Second)
-			waitIdle(t, p, 30*time.Second)
+			e.settle(t, p)
 
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()

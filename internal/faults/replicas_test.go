@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"syscall"
 	"testing"
@@ -124,8 +125,10 @@ func oneLeader(t *testing.T, replicas []*daemontest.Proc) int {
 // replica and the time from `since` to that line.
 func firstRefreshAfter(t *testing.T, replicas []*daemontest.Proc, gone int, from []int, since time.Time) (int, time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(2 * failoverBound)
-	for time.Now().Before(deadline) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*failoverBound)
+	defer cancel()
+	next, at := -1, time.Time{}
+	err := daemontest.Eventually(ctx, 20*time.Millisecond, func() error {
 		for i, r := range replicas {
 			if i == gone {
 				continue
@@ -134,17 +137,20 @@ func firstRefreshAfter(t *testing.T, replicas []*daemontest.Proc, gone int, from
 				if !isRefreshed(l) {
 					continue
 				}
-				at, err := logTime(l)
+				ts, err := logTime(l)
 				if err != nil {
-					t.Fatal(err)
+					return err
 				}
-				return i, at.Sub(since)
+				next, at = i, ts
+				return nil
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		return errors.New("no replica has refreshed yet")
+	})
+	if err != nil {
+		t.Fatalf("no replica completed a refresh within %v: %v", 2*failoverBound, err)
 	}
-	t.Fatalf("no replica completed a refresh within %v", 2*failoverBound)
-	return 0, 0
+	return next, at.Sub(since)
 }
 
 func roundAll(ds []time.Duration) []time.Duration {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/refresherd/refresherd/internal/daemontest"
 )
 
 // TestDatabaseRestart stops the database (immediate mode: a crash as far as
@@ -17,9 +19,7 @@ import (
 func TestDatabaseRestart(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 5000)
-	p := e.startDaemon(t, config{views: summaryView(slowQuery)})
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	p := e.startSettled(t, config{views: daemontest.SummaryView(slowQuery)})
 
 	for _, tc := range []struct {
 		name       string
@@ -56,6 +56,7 @@ func TestDatabaseRestart(t *testing.T) {
 				case code == http.StatusOK && !first503.IsZero():
 					flipped = append(flipped, time.Since(downAt).Round(time.Millisecond).String()+": "+strings.TrimSpace(body))
 				}
+				// Sampling /readyz throughout the outage is the test.
 				time.Sleep(100 * time.Millisecond)
 			}
 			if first503.IsZero() {
@@ -107,15 +108,8 @@ func TestDatabaseRestart(t *testing.T) {
 			}
 
 			waitMetric(t, p, 10*time.Second, "refresherd_listener_connected", nil, func(v float64) bool { return v == 1 })
-			ready := false
-			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-				if code, _, _, err := get(p, "/readyz", 5*time.Second); err == nil && code == http.StatusOK {
-					ready = true
-					break
-				}
-			}
-			if !ready {
-				t.Errorf("/readyz not 200 within 10 s of the database coming back")
+			if err := waitReady(p, 10*time.Second); err != nil {
+				t.Errorf("/readyz not 200 within 10 s of the database coming back: %v", err)
 			}
 
 			// Changes during the outage went unseen: the first refresh of

@@ -2,9 +2,12 @@ package faults
 
 import (
 	"context"
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/refresherd/refresherd/internal/daemontest"
 )
 
 // TestStopMidRefresh stops the daemon while a slow refresh runs: first with
@@ -17,10 +20,8 @@ func TestStopMidRefresh(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
 	const grace = time.Second
-	cfg := config{views: summaryView(slowQuery), grace: "1s"}
-	p := e.startDaemon(t, cfg)
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	cfg := config{views: daemontest.SummaryView(slowQuery), grace: "1s"}
+	p := e.startSettled(t, cfg)
 
 	// A refresh that would take 30 s.
 	e.setDelay(t, 30)
@@ -98,19 +99,17 @@ func waitServerRefreshes(t *testing.T, e *env, within time.Duration, ok func(int
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	last := -1
-	for {
+	err := daemontest.Eventually(ctx, 50*time.Millisecond, func() error {
 		n, err := serverRefreshes(ctx, e.pool)
-		if err == nil {
-			last = n
-			if ok(n) {
-				return
-			}
+		if err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("after %v: %d REFRESH of the view from the daemon on the server (last error %v)", within, last, err)
-		case <-time.After(50 * time.Millisecond):
+		if !ok(n) {
+			return fmt.Errorf("%d REFRESH of the view from the daemon on the server", n)
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after %v: %v", within, err)
 	}
 }

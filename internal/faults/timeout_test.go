@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/refresherd/refresherd/internal/daemontest"
 )
 
 // TestStatementTimeout makes the view's query slower than its
@@ -13,9 +15,7 @@ import (
 func TestStatementTimeout(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
-	p := e.startDaemon(t, config{views: summaryView(slowQuery), stmtTimeout: "1s"})
-	e.mustSettle(t, 30*time.Second)
-	waitIdle(t, p, 30*time.Second)
+	p := e.startSettled(t, config{views: daemontest.SummaryView(slowQuery), stmtTimeout: "1s"})
 
 	before := e.status(t)
 	hash := e.viewHash(t)

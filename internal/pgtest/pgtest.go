@@ -63,10 +63,26 @@ var current atomic.Pointer[harness]
 // TestMain. It never skips: if PostgreSQL cannot be started it prints why and
 // exits 1.
 func Main(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(Run(m))
 }
 
-func run(m *testing.M) int {
+// Run is Main without the exit, for a TestMain with more to clean up
+// afterwards: it returns the exit code.
+func Run(m *testing.M) int {
+	return run(m, true)
+}
+
+// RunOwnClusters runs tests that each start their own cluster (NewCluster),
+// so no shared server is started for them (NewDB fails); leaked goroutines
+// are still checked. It returns the exit code.
+func RunOwnClusters(m *testing.M) int {
+	return run(m, false)
+}
+
+func run(m *testing.M, shared bool) int {
+	if !shared {
+		return finish(m.Run())
+	}
 	var startLog logBuffer
 	h, err := setup(&startLog)
 	if err != nil {
@@ -106,7 +122,11 @@ func run(m *testing.M) int {
 	close(done)
 	wg.Wait()
 	destroy()
+	return finish(code)
+}
 
+// finish turns a passing run with leaked goroutines into a failure.
+func finish(code int) int {
 	if code == 0 {
 		// Any goroutine still running now was started by a test and not
 		// stopped: pools not closed, listeners not cancelled, ...
@@ -174,7 +194,7 @@ func mustHarness(t testing.TB) *harness {
 	t.Helper()
 	h := current.Load()
 	if h == nil {
-		t.Fatal("pgtest: no test server; call pgtest.Main(m) from TestMain")
+		t.Fatal("pgtest: no test server; call pgtest.Main(m) (or Run) from TestMain")
 	}
 	return h
 }

@@ -176,6 +176,23 @@ func (t *Tracker) WaitAllSeen(ctx context.Context) error {
 	}
 }
 
+// WaitPolls waits until n polls in all have completed, or ctx ends.
+func (t *Tracker) WaitPolls(ctx context.Context, n int) error {
+	for {
+		t.mu.Lock()
+		polls, ch := t.polls, t.changed
+		t.mu.Unlock()
+		if polls >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %d polls (%d so far): %w", n, polls, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
 // Result returns what was measured so far.
 func (t *Tracker) Result() Result {
 	t.mu.Lock()

@@ -90,12 +90,8 @@ func TestTrackerJudgesByContent(t *testing.T) {
 	// settle lets the tracker admit and check what was written: a few polls.
 	settle := func() {
 		t.Helper()
-		p0 := tr.Result().Polls
-		for tr.Result().Polls < p0+3 {
-			if ctx.Err() != nil {
-				t.Fatal(ctx.Err())
-			}
-			time.Sleep(5 * time.Millisecond)
+		if err := tr.WaitPolls(ctx, tr.Result().Polls+3); err != nil {
+			t.Fatal(err)
 		}
 	}
 
