@@ -24,11 +24,11 @@ import (
 func TestDaemonThroughPgBouncer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	direct, pool := demoDB(t, 2000)
+	direct, pool := daemontest.DemoDB(t, 2000)
 	b := startBouncer(t, "transaction")
 	pooled := via(t, b, direct)
 	env := []string{"DATABASE_URL=" + pooled, "DATABASE_DIRECT_URL=" + direct}
-	p := startDaemon(t, env, "--config", shippedConfig())
+	p := daemontest.StartT(t, daemontest.Options{Env: env, Args: []string{"--config", daemontest.ShippedConfig()}})
 
 	// The pool (database.url) is PgBouncer's port.
 	var db string
@@ -78,7 +78,7 @@ func TestDaemonThroughPgBouncer(t *testing.T) {
 	waitRefreshes(t, ctx, p, "manual", manual+1)
 
 	// The commands through PgBouncer, beside the daemon.
-	r := cmd(t, env, "status", "--config", shippedConfig(), "--json")
+	r := cmd(t, env, "status", "--config", daemontest.ShippedConfig(), "--json")
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("status --json: %s", r)
 	}
@@ -103,15 +103,15 @@ func TestDaemonThroughPgBouncer(t *testing.T) {
 		st.Views[0].LastResult == nil || *st.Views[0].LastResult != "success" {
 		t.Errorf("status: unexpected views:\n%s", r.stdout)
 	}
-	if r := cmd(t, env, "status", "--config", shippedConfig()); r.code != 0 || r.stderr != "" {
+	if r := cmd(t, env, "status", "--config", daemontest.ShippedConfig()); r.code != 0 || r.stderr != "" {
 		t.Errorf("status: %s", r)
 	}
 
-	r = cmd(t, env, "refresh", "--config", shippedConfig())
+	r = cmd(t, env, "refresh", "--config", daemontest.ShippedConfig())
 	if r.code != 0 || r.stderr != "" || len(r.lines()) != 1 || !strings.HasPrefix(r.stdout, view+" refreshed in ") {
 		t.Errorf("refresh: %s", r)
 	}
-	r = cmd(t, env, "check", "--config", shippedConfig())
+	r = cmd(t, env, "check", "--config", daemontest.ShippedConfig())
 	if r.code != 0 || r.stderr != "" {
 		t.Errorf("check: %s", r)
 	}

@@ -12,26 +12,19 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/refresherd/refresherd/internal/daemontest"
-	"github.com/refresherd/refresherd/internal/demodata"
 	"github.com/refresherd/refresherd/internal/pgbouncer"
 	"github.com/refresherd/refresherd/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) { daemontest.Main(m) }
 
 const view = "public.app_chargesummary"
-
-// bin is refresherd built once for this test binary.
-var bin daemontest.Binary
 
 // startBouncer starts PgBouncer in mode in front of the test server and
 // stops it at cleanup. A PgBouncer per test keeps each test's pools to
@@ -64,31 +57,6 @@ func via(t *testing.T, b *pgbouncer.Bouncer, url string) string {
 	}
 	return u
 }
-
-// demoDB creates a database with the Django tables and n charges; it
-// returns the direct URL and a direct admin pool.
-func demoDB(t *testing.T, n int) (string, *pgxpool.Pool) {
-	t.Helper()
-	url := pgtest.NewDB(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := demodata.CreateSchema(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if err := demodata.Load(ctx, pool, demodata.DefaultSize(n)); err != nil {
-		t.Fatal(err)
-	}
-	return url, pool
-}
-
-// shippedConfig is the repository's config.yaml: database.url from
-// DATABASE_URL, database.direct_url from DATABASE_DIRECT_URL.
-func shippedConfig() string { return filepath.Join(daemontest.ModuleRoot(), "config.yaml") }
 
 // result is one finished command.
 type result struct {
@@ -127,7 +95,7 @@ func cmd(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := exec.CommandContext(ctx, bin.Path(t), args...)
+	c := exec.CommandContext(ctx, daemontest.Binary(t), args...)
 	for _, e := range os.Environ() {
 		name, _, _ := strings.Cut(e, "=")
 		if name != "DATABASE_URL" && name != "DATABASE_DIRECT_URL" {
@@ -148,25 +116,4 @@ func cmd(t *testing.T, env []string, args ...string) result {
 		t.Fatalf("refresherd %v: %v", args, err)
 	}
 	return r
-}
-
-// startDaemon starts `refresherd run ARGS` and kills it at cleanup if it
-// still runs.
-func startDaemon(t *testing.T, env []string, args ...string) *daemontest.Proc {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	p, err := daemontest.Start(ctx, daemontest.Options{Binary: bin.Path(t), Args: args, Env: env})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if !p.Exited() {
-			p.Kill()
-		}
-		if t.Failed() {
-			t.Logf("daemon logs:\n%s", p.Logs())
-		}
-	})
-	return p
 }
