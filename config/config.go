@@ -37,7 +37,27 @@ const (
 	DetectStats = "stats"
 	// DetectNone: schedule and manual refreshes only.
 	DetectNone = "none"
+	// DetectCapture is not configured: an incremental view's own capture
+	// triggers log the group keys that writers touch, and the daemon polls
+	// that log. Set for strategy incremental, and for auto once the query
+	// qualifies.
+	DetectCapture = "capture"
 )
+
+// Refresh strategies (strategy:).
+const (
+	// StrategyFull: a materialized view, recomputed whole by REFRESH.
+	StrategyFull = "full"
+	// StrategyIncremental: a plain table the daemon keeps exact by
+	// recomputing only the groups that changed (the query must qualify).
+	StrategyIncremental = "incremental"
+	// StrategyAuto: incremental when the query qualifies, else full.
+	StrategyAuto = "auto"
+)
+
+// IncrementalDebounce is the debounce of incremental (and auto) views when
+// none is configured: a round costs little, so it only coalesces a burst.
+const IncrementalDebounce = 50 * time.Millisecond
 
 // DefaultPollInterval is how often the changelog and stats detectors poll
 // when poll_interval is not set.
@@ -108,6 +128,12 @@ type Settings struct {
 	// VacuumThreshold: after a concurrent refresh leaves at least this many
 	// dead rows in the view, VACUUM (ANALYZE) it; 0 disables.
 	VacuumThreshold int
+	// Strategy: full, incremental or auto.
+	Strategy string
+	// VerifySchedule (cron) compares an incremental summary with a full
+	// aggregate periodically; "" never.
+	VerifySchedule string
+	VerifySpec     cron.Schedule
 }
 
 // View is one managed materialized view.
@@ -119,6 +145,9 @@ type View struct {
 	// DependsOn names managed views this view reads: it refreshes after
 	// them, and their refreshes make it dirty.
 	DependsOn []QualifiedName
+	// GroupKey, when set, declares the group key of an incremental view;
+	// it is checked against the query's GROUP BY.
+	GroupKey []string
 	Settings
 	Line int // where the view is declared, for later error messages
 }
@@ -133,6 +162,7 @@ var defaultSettings = Settings{
 	ChangeDetection:  DetectNotify,
 	PollInterval:     DefaultPollInterval,
 	VacuumThreshold:  10000,
+	Strategy:         StrategyFull,
 }
 
 // Error is a configuration error at a place in a file.
@@ -216,6 +246,9 @@ type decoder struct {
 	err    error
 	// urlLine is where database.url is set, for the "no database URL" error.
 	urlLine int
+	// defaultDebounce: refresh.debounce is set (incremental views keep it
+	// rather than IncrementalDebounce).
+	defaultDebounce bool
 }
 
 func (d *decoder) fail(n *yaml.Node, key, format string, args ...any) {
@@ -323,8 +356,11 @@ func (d *decoder) decode(data []byte) (*Config, error) {
 				d.fail(n, p, "expected an integer >= 1, got %d", cfg.MaxConcurrentRefreshes)
 			}
 		},
-		"refresh": func(n *yaml.Node, p string) { d.settings(n, p, &defaults) },
-		"views":   func(n *yaml.Node, _ string) { viewsNode = n },
+		"refresh": func(n *yaml.Node, p string) {
+			d.settings(n, p, &defaults)
+			d.defaultDebounce = n.Kind == yaml.MappingNode && lookup(n, "debounce") != nil
+		},
+		"views": func(n *yaml.Node, _ string) { viewsNode = n },
 	})
 	if d.err == nil && viewsNode == nil {
 		d.fail(root, "views", "no views configured: add at least one under views:")
@@ -524,7 +560,30 @@ func (d *decoder) settingHandlers(s *Settings) map[string]func(*yaml.Node, strin
 			}
 			s.ScheduleSpec = spec
 		},
-		"debounce":          func(n *yaml.Node, p string) { s.Debounce = d.duration(n, p, true) },
+		"debounce": func(n *yaml.Node, p string) {
+			s.Debounce = d.duration(n, p, true)
+		},
+		"strategy": func(n *yaml.Node, p string) {
+			s.Strategy = d.str(n, p)
+			switch s.Strategy {
+			case StrategyFull, StrategyIncremental, StrategyAuto:
+			default:
+				d.fail(n, p, "expected full, incremental or auto, got %q", s.Strategy)
+			}
+		},
+		"verify_schedule": func(n *yaml.Node, p string) {
+			s.VerifySchedule = d.str(n, p)
+			s.VerifySpec = nil
+			if d.err != nil || s.VerifySchedule == "" {
+				return
+			}
+			spec, err := parseSchedule(s.VerifySchedule)
+			if err != nil {
+				d.fail(n, p, "%v", err)
+				return
+			}
+			s.VerifySpec = spec
+		},
 		"max_delay":         func(n *yaml.Node, p string) { s.MaxDelay = d.duration(n, p, false) },
 		"statement_timeout": func(n *yaml.Node, p string) { s.StatementTimeout = d.pgTimeout(n, p) },
 		"lock_timeout":      func(n *yaml.Node, p string) { s.LockTimeout = d.pgTimeout(n, p) },
@@ -659,7 +718,7 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 		byName[name] = i
 		path = fmt.Sprintf("views[%d] (%s)", i, name)
 
-		var queryNode, fileNode, keyNode, srcNode, depNode *yaml.Node
+		var queryNode, fileNode, keyNode, srcNode, depNode, groupNode *yaml.Node
 		handlers := d.settingHandlers(&v.Settings)
 		handlers["name"] = func(*yaml.Node, string) {}
 		handlers["query"] = func(n *yaml.Node, _ string) { queryNode = n }
@@ -667,6 +726,7 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 		handlers["unique_key"] = func(n *yaml.Node, _ string) { keyNode = n }
 		handlers["sources"] = func(n *yaml.Node, _ string) { srcNode = n }
 		handlers["depends_on"] = func(n *yaml.Node, _ string) { depNode = n }
+		handlers["group_key"] = func(n *yaml.Node, _ string) { groupNode = n }
 		d.mapping(vn, path, handlers)
 		if d.err != nil {
 			return nil
@@ -730,6 +790,33 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 			}
 			v.UniqueKey = append(v.UniqueKey, col)
 		}
+		if groupNode != nil {
+			cols, colNodes := d.strList(groupNode, path+".group_key")
+			if d.err == nil && len(cols) == 0 {
+				d.fail(groupNode, path+".group_key", "must name at least one column (or leave it out: the group key is read from the query)")
+			}
+			if d.err != nil {
+				return nil
+			}
+			for j, c := range cols {
+				col, err := ParseIdent(c)
+				if err != nil {
+					d.fail(colNodes[j], fmt.Sprintf("%s.group_key[%d]", path, j), "%v", err)
+					return nil
+				}
+				v.GroupKey = append(v.GroupKey, col)
+			}
+			if v.Strategy == StrategyFull {
+				d.fail(groupNode, path+".group_key", "only used by strategy incremental or auto; this view's strategy is full")
+				return nil
+			}
+		}
+		if v.Strategy != StrategyFull && lookup(vn, "debounce") == nil && !d.defaultDebounce {
+			v.Debounce = IncrementalDebounce
+		}
+		if v.Strategy == StrategyIncremental {
+			v.ChangeDetection = DetectCapture
+		}
 		if srcNode != nil {
 			srcs, srcNodes := d.strList(srcNode, path+".sources")
 			if d.err != nil {
@@ -771,7 +858,7 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 		} else {
 			depLines = append(depLines, vn)
 		}
-		if len(v.Sources) == 0 && len(v.DependsOn) == 0 && v.ChangeDetection != DetectNone {
+		if len(v.Sources) == 0 && len(v.DependsOn) == 0 && v.ChangeDetection != DetectNone && v.ChangeDetection != DetectCapture {
 			d.fail(vn, path+".sources", "missing: change_detection %q needs the source tables to watch (or set change_detection: none)", v.ChangeDetection)
 		}
 		d.checkSettings(vn, path, &v.Settings)

@@ -69,7 +69,7 @@ var badConfigs = map[string]string{
 	"bad-unique-key-dot.yaml":          `testdata/bad-unique-key-dot.yaml:5: views[0] (public.s).unique_key[0]: expected a single identifier, got "t.id"`,
 	"bad-unique-key-duplicate.yaml":    `testdata/bad-unique-key-duplicate.yaml:5: views[0] (public.s).unique_key[2]: duplicate column "user_id"`,
 	"bad-unknown-top-key.yaml":         `testdata/bad-unknown-top-key.yaml:3: databse: unknown key (expected one of: database, http, leader, log, max_concurrent_refreshes, refresh, shutdown, views)`,
-	"bad-unknown-view-key.yaml":        `testdata/bad-unknown-view-key.yaml:7: views[0] (public.s).shedule: unknown key (expected one of: change_detection, concurrently, debounce, depends_on, lock_timeout, max_delay, name, poll_interval, query, query_file, refresh_unchanged, schedule, sources, statement_timeout, unique_key, vacuum_threshold)`,
+	"bad-unknown-view-key.yaml":        `testdata/bad-unknown-view-key.yaml:7: views[0] (public.s).shedule: unknown key (expected one of: change_detection, concurrently, debounce, depends_on, group_key, lock_timeout, max_delay, name, poll_interval, query, query_file, refresh_unchanged, schedule, sources, statement_timeout, strategy, unique_key, vacuum_threshold, verify_schedule)`,
 	"bad-view-not-mapping.yaml":        `testdata/bad-view-not-mapping.yaml:4: views[0]: expected a mapping, got "public.s"`,
 	"bad-views-empty.yaml":             `testdata/bad-views-empty.yaml:3: views: expected a non-empty list of views, got an empty list`,
 	"bad-views-missing.yaml":           `testdata/bad-views-missing.yaml:1: views: no views configured: add at least one under views:`,
@@ -198,6 +198,7 @@ func TestLoadShippedConfig(t *testing.T) {
 		ChangeDetection:  config.DetectNotify,
 		PollInterval:     config.DefaultPollInterval,
 		VacuumThreshold:  10000,
+		Strategy:         config.StrategyFull,
 	}
 	if !reflect.DeepEqual(v.Settings, wantSettings) {
 		t.Errorf("Settings\n got: %+v\nwant: %+v", v.Settings, wantSettings)
@@ -276,6 +277,7 @@ func TestFullConfig(t *testing.T) {
 		ChangeDetection:  config.DetectNotify,
 		PollInterval:     time.Second,
 		VacuumThreshold:  10000,
+		Strategy:         config.StrategyFull,
 	}
 	if !reflect.DeepEqual(inherit.Settings, want) {
 		t.Errorf("inheriting view\n got: %+v\nwant: %+v", inherit.Settings, want)
@@ -319,6 +321,7 @@ func TestFullConfig(t *testing.T) {
 		PollInterval:     50 * time.Millisecond,
 		RefreshUnchanged: true,
 		VacuumThreshold:  10000,
+		Strategy:         config.StrategyFull,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("overriding view\n got: %+v\nwant: %+v", got, want)
@@ -888,6 +891,53 @@ func TestQuerySingleStatement(t *testing.T) {
 			}
 			if err == nil || err.Error() != want {
 				t.Fatalf("got %v\nwant %s", err, want)
+			}
+		})
+	}
+}
+
+// TestStrategyKeys: strategy, group_key and verify_schedule, and what they
+// imply: an incremental view detects changes by its capture triggers, and
+// incremental or auto views debounce briefly unless told otherwise.
+func TestStrategyKeys(t *testing.T) {
+	// An incremental view needs no sources (its capture triggers go on the
+	// query's one table); the others do, for their change detection.
+	const head = "database: {url: postgres://x/y}\nviews:\n  - name: public.a\n    unique_key: [id]\n    query: SELECT 1 AS id\n"
+	const withSources = "database: {url: postgres://x/y}\nviews:\n  - name: public.a\n    sources: [public.t]\n    unique_key: [id]\n    query: SELECT 1 AS id\n"
+	cases := []struct {
+		name, src, wantErr string
+		strategy, detect   string
+		debounce           time.Duration
+		groupKey           []string
+	}{
+		{name: "default full", src: withSources, strategy: config.StrategyFull, detect: config.DetectNotify, debounce: time.Second},
+		{name: "incremental", src: head + "    strategy: incremental\n", strategy: config.StrategyIncremental, detect: config.DetectCapture, debounce: config.IncrementalDebounce},
+		{name: "auto keeps the detector for a fallback", src: withSources + "    strategy: auto\n", strategy: config.StrategyAuto, detect: config.DetectNotify, debounce: config.IncrementalDebounce},
+		{name: "debounce set on the view", src: head + "    strategy: incremental\n    debounce: 200ms\n", strategy: config.StrategyIncremental, detect: config.DetectCapture, debounce: 200 * time.Millisecond},
+		{name: "debounce set under refresh", src: head + "    strategy: incremental\nrefresh: {debounce: 300ms}\n", strategy: config.StrategyIncremental, detect: config.DetectCapture, debounce: 300 * time.Millisecond},
+		{name: "strategy under refresh", src: head + "refresh: {strategy: incremental}\n", strategy: config.StrategyIncremental, detect: config.DetectCapture, debounce: config.IncrementalDebounce},
+		{name: "group key", src: withSources + "    strategy: auto\n    group_key: [user_id, \"Job\"]\n", strategy: config.StrategyAuto, detect: config.DetectNotify, debounce: config.IncrementalDebounce, groupKey: []string{"user_id", "Job"}},
+		{name: "bad strategy", src: head + "    strategy: fast\n", wantErr: `t.yaml:6: views[0] (public.a).strategy: expected full, incremental or auto, got "fast"`},
+		{name: "group key on a full view", src: withSources + "    group_key: [user_id]\n", wantErr: `t.yaml:7: views[0] (public.a).group_key: only used by strategy incremental or auto; this view's strategy is full`},
+		{name: "empty group key", src: head + "    strategy: incremental\n    group_key: []\n", wantErr: `t.yaml:7: views[0] (public.a).group_key: must name at least one column (or leave it out: the group key is read from the query)`},
+		{name: "bad verify schedule", src: withSources + "    verify_schedule: often\n", wantErr: `t.yaml:7: views[0] (public.a).verify_schedule: invalid cron expression "often" (expected 5 fields such as "*/5 * * * *" or @every 30s): expected exactly 5 fields, found 1: [often]`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := config.Parse("t.yaml", []byte(c.src), nil, config.Overrides{})
+			if c.wantErr != "" {
+				if err == nil || err.Error() != c.wantErr {
+					t.Fatalf("got %v\nwant %s", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := cfg.Views[0]
+			if v.Strategy != c.strategy || v.ChangeDetection != c.detect || v.Debounce != c.debounce || !slices.Equal(v.GroupKey, c.groupKey) {
+				t.Fatalf("strategy %q detection %q debounce %v group key %v; want %q %q %v %v",
+					v.Strategy, v.ChangeDetection, v.Debounce, v.GroupKey, c.strategy, c.detect, c.debounce, c.groupKey)
 			}
 		})
 	}

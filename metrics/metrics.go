@@ -17,6 +17,9 @@ var (
 	Results  = []string{ResultSuccess, ResultError, ResultSkipped}
 )
 
+// RebuildReasons are the bounded reason label values of rebuilds_total.
+var RebuildReasons = []string{"initial", "strategy", "definition", "truncate", "log_lost", "trigger", "other"}
+
 // Trigger label values.
 const (
 	TriggerSchedule = "schedule"
@@ -48,6 +51,8 @@ type Metrics struct {
 	ListenerReconnects   prometheus.Counter
 	NotificationsIgnored prometheus.Counter
 	Vacuums              *prometheus.CounterVec
+	Rebuilds             *prometheus.CounterVec
+	VerifyMismatched     *prometheus.GaugeVec
 	ConfigReloadOK       prometheus.Gauge
 	ConfigReloadTime     prometheus.Gauge
 }
@@ -99,6 +104,14 @@ func New(version string) *Metrics {
 			Name: "refresherd_vacuums_total",
 			Help: "VACUUM (ANALYZE) runs after concurrent refreshes left vacuum_threshold dead rows or more.",
 		}, []string{"view"}),
+		Rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "refresherd_rebuilds_total",
+			Help: "Full rebuilds of incremental summaries, by reason (initial, strategy, definition, truncate, log_lost, trigger, other).",
+		}, []string{"view", "reason"}),
+		VerifyMismatched: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "refresherd_verify_mismatched_rows",
+			Help: "Rows in which an incremental summary differed from a full aggregate at its last verification (must stay 0).",
+		}, []string{"view"}),
 		ConfigReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "refresherd_config_last_reload_successful",
 			Help: "1 if the last configuration (re)load succeeded.",
@@ -115,7 +128,7 @@ func New(version string) *Metrics {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(
 		m.Refreshes, m.Duration, m.LastSuccess, m.DataAsOf, m.ViewReady,
-		m.Vacuums, m.Leader, m.ListenerConnected, m.ListenerReconnects, m.NotificationsIgnored,
+		m.Vacuums, m.Rebuilds, m.VerifyMismatched, m.Leader, m.ListenerConnected, m.ListenerReconnects, m.NotificationsIgnored,
 		m.ConfigReloadOK, m.ConfigReloadTime, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -137,6 +150,9 @@ func (m *Metrics) InitView(view string) {
 	m.DataAsOf.WithLabelValues(view)
 	m.ViewReady.WithLabelValues(view)
 	m.Vacuums.WithLabelValues(view)
+	for _, r := range RebuildReasons {
+		m.Rebuilds.WithLabelValues(view, r)
+	}
 }
 
 // RemoveView deletes a view's series (when it stops being managed).
@@ -151,6 +167,10 @@ func (m *Metrics) RemoveView(view string) {
 	m.DataAsOf.DeleteLabelValues(view)
 	m.ViewReady.DeleteLabelValues(view)
 	m.Vacuums.DeleteLabelValues(view)
+	for _, r := range RebuildReasons {
+		m.Rebuilds.DeleteLabelValues(view, r)
+	}
+	m.VerifyMismatched.DeleteLabelValues(view)
 }
 
 // ViewState is the live, in-memory state of one view, read at scrape time so
@@ -245,6 +265,16 @@ func (r ViewRecorder) Ready(ok bool) {
 		v = 1
 	}
 	r.m.ViewReady.WithLabelValues(r.view).Set(v)
+}
+
+// Rebuilt counts a rebuild of an incremental summary.
+func (r ViewRecorder) Rebuilt(reason string) {
+	r.m.Rebuilds.WithLabelValues(r.view, reason).Inc()
+}
+
+// Verified records a verification's mismatched rows.
+func (r ViewRecorder) Verified(mismatched int64) {
+	r.m.VerifyMismatched.WithLabelValues(r.view).Set(float64(mismatched))
 }
 
 // Vacuumed counts a vacuum after a refresh.

@@ -80,6 +80,22 @@ func (e *Engine) refreshed(view config.QualifiedName, at, now time.Time) {
 	}
 }
 
+// detectionChanged implements dependencies: a view now detects changes
+// otherwise (auto chose incremental), so the source index is rebuilt and the
+// source tables' triggers follow (the configured detector's trigger goes).
+func (e *Engine) detectionChanged() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.indexSources()
+	if t := e.term; t != nil && !e.stopping {
+		e.termWG.Go(func() {
+			ctx, cancel := context.WithTimeout(t.ctx, triggerSyncTimeout)
+			defer cancel()
+			e.ensureTriggers(ctx, e.log)
+		})
+	}
+}
+
 // inferUpstreams implements dependencies: the managed views v's stored
 // query reads (pg_depend) that it does not declare.
 func (e *Engine) inferUpstreams(ctx context.Context, v *config.View) ([]config.QualifiedName, error) {

@@ -34,7 +34,7 @@ func (e *Engine) runDetectors(t *term) {
 	logFor := func(mode string) *zap.Logger {
 		return e.log.Named("detector").With(zap.String("change_detection", mode))
 	}
-	detectors := []changeDetector{e.notifyDetector(t)}
+	detectors := []changeDetector{e.notifyDetector(t), &captureDetector{e: e, log: logFor(config.DetectCapture)}}
 	for _, d := range []detector{
 		newChangelogDetector(e.pool, logFor(config.DetectChangelog)),
 		newStatsDetector(e.pool),
@@ -53,6 +53,7 @@ func (e *Engine) runDetectors(t *term) {
 	for _, d := range detectors {
 		wg.Go(func() { d.run(t.ctx) })
 	}
+	wg.Go(func() { e.runVerifier(t.ctx) })
 	wg.Wait()
 }
 
@@ -81,7 +82,7 @@ type watchPlan struct {
 func (e *Engine) watchPlan(mode string) watchPlan {
 	var wp watchPlan
 	for _, w := range e.snapshot() {
-		if w.view.ChangeDetection != mode {
+		if w.detection() != mode {
 			continue
 		}
 		wp.sources = append(wp.sources, w.view.Sources...)
@@ -249,6 +250,7 @@ func (e *Engine) ensureTriggers(ctx context.Context, log *zap.Logger) {
 	views := make([]config.View, len(ws))
 	for i, w := range ws {
 		views[i] = *w.view
+		views[i].ChangeDetection = w.detection()
 	}
 	if err := EnsureTriggers(ctx, e.pool, views); err != nil && ctx.Err() == nil {
 		log.Warn("could not make the change triggers of every source table match the views", zap.Error(err))

@@ -29,8 +29,8 @@ type Options struct {
 	SetupBackoff      Backoff // failed view set-up
 	// Now is the clock the scheduling policy reads; nil is time.Now.
 	Now func() time.Time
-	// Strategy does the refresh work; nil is the materialized-view
-	// strategy over the engine's pool.
+	// Strategy, when set, does every view's refresh work (tests); nil picks
+	// per view what its strategy: key says.
 	Strategy Strategy
 }
 
@@ -56,9 +56,6 @@ func (o *Options) defaults(pool *pgxpool.Pool) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if o.Strategy == nil {
-		o.Strategy = NewMatviewStrategy(pool, o.Identity)
-	}
 }
 
 // Engine runs the workers of all views of one configuration: the view
@@ -70,6 +67,8 @@ type Engine struct {
 	m          *metrics.Metrics
 	log        *zap.Logger
 	opts       Options
+	full       *MatviewStrategy
+	inc        *IncrementalStrategy
 	terms      termGate // the current leadership term, once workers may refresh
 	started    time.Time
 	workerWG   sync.WaitGroup
@@ -104,6 +103,8 @@ type Engine struct {
 func New(cfg *config.Config, pool *pgxpool.Pool, sessionCfg *pgx.ConnConfig, m *metrics.Metrics, log *zap.Logger, opts Options) *Engine {
 	opts.defaults(pool)
 	e := &Engine{
+		full:       NewMatviewStrategy(pool, opts.Identity),
+		inc:        NewIncrementalStrategy(pool, opts.Identity),
 		cfg:        cfg,
 		pool:       pool,
 		sessionCfg: sessionCfg,
@@ -194,7 +195,7 @@ func (e *Engine) newWorker(v *config.View) *worker {
 		log:      e.log.With(zap.String("view", name)),
 		now:      e.opts.Now,
 		started:  e.started,
-		strategy: e.opts.Strategy,
+		strategy: e.strategyFor(v),
 		rec:      e.m.View(name),
 		deps:     e,
 		terms:    &e.terms,
@@ -204,6 +205,14 @@ func (e *Engine) newWorker(v *config.View) *worker {
 		done:     make(chan struct{}),
 		sched:    newSchedule(v.Settings, e.opts.RetryBackoff, now),
 	}
+}
+
+// strategyFor returns the strategy of v's worker.
+func (e *Engine) strategyFor(v *config.View) Strategy {
+	if e.opts.Strategy != nil {
+		return e.opts.Strategy
+	}
+	return &viewStrategy{full: e.full, inc: e.inc, mode: v.Strategy}
 }
 
 // slots returns the current concurrency semaphore (a reload may replace it).
@@ -226,8 +235,9 @@ func (e *Engine) addWorker(w *worker) {
 func (e *Engine) indexSources() {
 	e.bySource = map[sourceKey][]*worker{}
 	for _, w := range e.workers {
+		mode := w.detection()
 		for _, s := range w.view.Sources {
-			k := sourceKey{w.view.ChangeDetection, s}
+			k := sourceKey{mode, s}
 			e.bySource[k] = append(e.bySource[k], w)
 		}
 	}

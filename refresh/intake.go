@@ -50,7 +50,7 @@ func (e *Engine) SourceChanged(mode string, src config.QualifiedName, at, seen t
 func (e *Engine) ChangesMissed(mode string, since time.Time) {
 	now := e.opts.Now()
 	for _, w := range e.snapshot() {
-		if w.view.ChangeDetection == mode {
+		if w.detection() == mode {
 			w.update(func(p *pending) { p.catchup(since, now, TriggerCatchup) })
 		}
 	}
@@ -61,7 +61,7 @@ func (e *Engine) ChangesMissed(mode string, since time.Time) {
 func (e *Engine) ChangesUnseen(mode string, since time.Time) {
 	now := e.opts.Now()
 	for _, w := range e.snapshot() {
-		if w.view.ChangeDetection == mode {
+		if w.detection() == mode {
 			w.update(func(p *pending) { p.blind(since, now) })
 		}
 	}

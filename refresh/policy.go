@@ -158,6 +158,12 @@ func (p *pending) nextRefresh(s config.Settings, now, retryAt time.Time) plan {
 		pl = plan{at: now, trigger: p.urgentTrigger}
 	case p.dirty && !p.first.IsZero():
 		due := p.last.Add(s.Debounce)
+		if s.ChangeDetection == config.DetectCapture {
+			// An incremental round costs little: debounce only the first
+			// change of a burst, and run rounds back to back under a
+			// steady stream.
+			due = p.first.Add(s.Debounce)
+		}
 		if capAt := p.first.Add(s.MaxDelay); capAt.Before(due) {
 			due = capAt
 		}

@@ -168,6 +168,7 @@ func TestDecide(t *testing.T) {
 	scheduled.Schedule, scheduled.ScheduleSpec = "@every 10s", every10s
 	none := scheduled
 	none.ChangeDetection = config.DetectNone
+	capture := config.Settings{Debounce: 50 * time.Millisecond, MaxDelay: 5 * time.Second, ChangeDetection: config.DetectCapture}
 
 	type step struct {
 		ms     int    // the clock
@@ -197,6 +198,11 @@ func TestDecide(t *testing.T) {
 		{name: "burst is coalesced by debounce", s: notify, steps: []step{
 			{ms: 0, do: "change"}, {ms: 10, do: "change"}, {ms: 20, do: "change"},
 			{ms: 500, want: "none", nextMs: 1020}, {ms: 1020, want: "refresh:change"},
+		}},
+		{name: "incremental: a steady stream runs rounds back to back", s: capture, steps: []step{
+			{ms: 0, do: "change"}, {ms: 30, do: "change"}, {ms: 40, want: "none", nextMs: 50},
+			{ms: 45, do: "change"}, {ms: 50, want: "refresh:change"},
+			{ms: 60, do: "change"}, {ms: 90, do: "change"}, {ms: 120, do: "ok"}, {ms: 120, want: "refresh:change"},
 		}},
 		{name: "clean tick is skipped", s: scheduled, steps: []step{
 			{ms: 10000, want: "skip", nextMs: 20000},

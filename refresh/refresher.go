@@ -20,6 +20,11 @@ type Outcome struct {
 	FinishedAt   time.Time
 	Duration     time.Duration
 	Concurrently bool
+	// Rebuilt is why an incremental summary was rebuilt in this refresh
+	// (a RebuildReasons value); "" for a round or a full refresh.
+	Rebuilt string
+	// Touched is how many groups an incremental round recomputed.
+	Touched int64
 }
 
 // Refresher runs refresh transactions against the pool.
@@ -31,9 +36,9 @@ type Refresher struct {
 const upsertSuccessSQL = `
 INSERT INTO refresherd.view_status AS s
     (view_name, data_as_of, last_success_at, last_attempt_at, last_result, last_error,
-     last_trigger, last_duration_seconds, consecutive_failures, refreshed_by)
+     last_trigger, last_duration_seconds, consecutive_failures, refreshed_by, strategy)
 VALUES ($1, $2, clock_timestamp(), now(), 'success', NULL,
-     $3, extract(epoch FROM clock_timestamp() - now()), 0, $4)
+     $3, extract(epoch FROM clock_timestamp() - now()), 0, $4, $5)
 ON CONFLICT (view_name) DO UPDATE SET
     data_as_of = excluded.data_as_of,
     last_success_at = excluded.last_success_at,
@@ -43,7 +48,8 @@ ON CONFLICT (view_name) DO UPDATE SET
     last_trigger = excluded.last_trigger,
     last_duration_seconds = excluded.last_duration_seconds,
     consecutive_failures = 0,
-    refreshed_by = excluded.refreshed_by
+    refreshed_by = excluded.refreshed_by,
+    strategy = excluded.strategy
 RETURNING last_success_at, last_duration_seconds`
 
 const logSuccessSQL = `
@@ -157,7 +163,7 @@ END $$`); err != nil {
 		return out, fmt.Errorf("%s: %w", stmt[:len(stmt)-1], err)
 	}
 	var seconds float64
-	if err := tx.QueryRow(ctx, upsertSuccessSQL, v.Name.String(), out.AsOf, trigger, r.Identity).Scan(&out.FinishedAt, &seconds); err != nil {
+	if err := tx.QueryRow(ctx, upsertSuccessSQL, v.Name.String(), out.AsOf, trigger, r.Identity, config.StrategyFull).Scan(&out.FinishedAt, &seconds); err != nil {
 		return out, fmt.Errorf("record status: %w", err)
 	}
 	if _, err := tx.Exec(ctx, logSuccessSQL, v.Name.String(), trigger, out.AsOf, r.Identity); err != nil {

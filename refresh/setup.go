@@ -59,8 +59,22 @@ func EnsureView(ctx context.Context, pool *pgxpool.Pool, v *config.View) (create
 			created = true
 		case err != nil:
 			return fmt.Errorf("look up %s: %w", v.Name, err)
+		case kind == "r":
+			// An incremental summary of ours (the view switched to full):
+			// the definition check swaps a materialized view in beside it.
+			var ours bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM refresherd.view_status WHERE view_name = $1 AND strategy = $2)`,
+				v.Name.String(), config.StrategyIncremental).Scan(&ours); err != nil {
+				return fmt.Errorf("look up %s: %w", v.Name, err)
+			}
+			if !ours {
+				return fmt.Errorf("%s exists but is a table refresherd did not build: refresherd will not replace it", v.Name)
+			}
 		case kind != "m":
 			return fmt.Errorf("%s exists but is not a materialized view (relkind %q): refresherd will not replace it", v.Name, kind)
+		}
+		if kind == "r" {
+			return nil // the swap builds the materialized view and its index
 		}
 		if err := ensureUniqueIndex(ctx, tx, v); err != nil {
 			return err

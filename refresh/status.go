@@ -12,6 +12,8 @@ type ViewStatus struct {
 	Ready               bool       `json:"ready"`
 	SetupError          string     `json:"setup_error,omitempty"`
 	DefinitionError     string     `json:"definition_error,omitempty"`
+	Strategy            string     `json:"strategy"`
+	StrategyReason      string     `json:"strategy_reason,omitempty"`
 	ChangeDetection     string     `json:"change_detection"`
 	DataAsOf            *time.Time `json:"data_as_of"`
 	StalenessSeconds    float64    `json:"staleness_seconds"`
@@ -45,7 +47,7 @@ func (e *Engine) Status() Status {
 		vs := ViewStatus{
 			View:                w.name,
 			Ready:               w.ready,
-			ChangeDetection:     w.view.ChangeDetection,
+			ChangeDetection:     w.sched.settings.ChangeDetection,
 			StalenessSeconds:    w.staleness(now, st.Leader).Seconds(),
 			PendingChanges:      w.sched.p.count,
 			InProgress:          w.refreshing,
@@ -57,6 +59,7 @@ func (e *Engine) Status() Status {
 			DataAsOf:            timePtr(w.asOf),
 			LastSuccessAt:       timePtr(w.lastSuccess),
 		}
+		vs.Strategy, vs.StrategyReason = w.strategyName()
 		if w.setupErr != nil {
 			vs.SetupError = w.setupErr.Error()
 		}

@@ -156,12 +156,23 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 		if _, err := tx.Exec(sctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("view", v.Name.String())); err != nil {
 			return fmt.Errorf("take view lock: %w", err)
 		}
+		// The current relation is a materialized view, or the table of an
+		// incremental summary when the view switched to full.
+		var kind string
+		if err := tx.QueryRow(sctx, `SELECT coalesce((SELECT relkind::text FROM pg_catalog.pg_class WHERE oid = to_regclass($1)), '')`,
+			v.Name.Sanitized()).Scan(&kind); err != nil {
+			return fmt.Errorf("look up %s: %w", v.Name, err)
+		}
+		curKind := "MATERIALIZED VIEW "
+		if kind == "r" {
+			curKind = "TABLE "
+		}
 		stmts := []string{
-			"ALTER MATERIALIZED VIEW " + v.Name.Sanitized() + " RENAME TO " + pgx.Identifier{old.Name}.Sanitize(),
+			"ALTER " + curKind + v.Name.Sanitized() + " RENAME TO " + pgx.Identifier{old.Name}.Sanitize(),
 			"ALTER INDEX IF EXISTS " + pgx.Identifier{v.Name.Schema, indexName(v.Name.Name)}.Sanitize() + " RENAME TO " + pgx.Identifier{indexName(old.Name)}.Sanitize(),
 			"ALTER MATERIALIZED VIEW " + tmp.Sanitized() + " RENAME TO " + pgx.Identifier{v.Name.Name}.Sanitize(),
 			"ALTER INDEX " + pgx.Identifier{v.Name.Schema, tmpIdx[0]}.Sanitize() + " RENAME TO " + idx,
-			"DROP MATERIALIZED VIEW " + old.Sanitized(),
+			"DROP " + curKind + old.Sanitized(),
 		}
 		for _, s := range stmts {
 			if _, err := tx.Exec(sctx, s); err != nil {

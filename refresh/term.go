@@ -159,7 +159,7 @@ func (e *Engine) startTerm(t *term) {
 			since = e.started
 		}
 		switch {
-		case w.view.ChangeDetection != config.DetectNone:
+		case w.sched.settings.ChangeDetection != config.DetectNone:
 			w.sched.p.catchup(since, now, trigger)
 		case w.asOf.IsZero() || olderThanPeriod(w.view.ScheduleSpec, w.asOf, now):
 			w.sched.p.catchup(since, now, trigger)

@@ -95,6 +95,11 @@ const (
 	triggerSyncTimeout = time.Minute
 	// manualPassTimeout bounds passing a manual refresh to the leader.
 	manualPassTimeout = 5 * time.Second
+	// verifyCheckEvery: how often the verifier looks for a due
+	// verify_schedule.
+	verifyCheckEvery = time.Second
+	// capturePollTimeout bounds one check of an incremental view's key log.
+	capturePollTimeout = 10 * time.Second
 	// upstreamSetupWait: a view whose declared upstream is not set up yet
 	// looks again this soon.
 	upstreamSetupWait = 200 * time.Millisecond

@@ -19,6 +19,8 @@ type recorder interface {
 	Success(asOf, finished time.Time)
 	Ready(ok bool)
 	Vacuumed()
+	Rebuilt(reason string)
+	Verified(mismatched int64)
 }
 
 // dependencies is what a worker knows of the other views: the state of the
@@ -34,6 +36,9 @@ type dependencies interface {
 	refreshed(view config.QualifiedName, at, now time.Time)
 	// inferUpstreams lists the managed views v reads without declaring them.
 	inferUpstreams(ctx context.Context, v *config.View) ([]config.QualifiedName, error)
+	// detectionChanged says that a view's change detection changed (auto
+	// chose incremental): the source index and triggers follow.
+	detectionChanged()
 }
 
 // worker owns one view: its scheduling state and its refreshes. Running
@@ -82,6 +87,16 @@ type worker struct {
 	lastError   string
 	lastTrigger Trigger
 	lastDur     time.Duration
+	// strategyNote is why auto chose full (logged once per change).
+	strategyNote string
+}
+
+// detection is the change detection the view uses now: configured, or
+// capture once it runs incrementally.
+func (w *worker) detection() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sched.settings.ChangeDetection
 }
 
 func (w *worker) poke() {
@@ -224,6 +239,21 @@ func (w *worker) setup(ctx context.Context, t *term) bool {
 		w.log.Info("view set-up succeeded after failures")
 	}
 	w.ready, w.setupErr, w.setupTry = true, nil, 0
+	if vs, ok := w.strategy.(*viewStrategy); ok {
+		name, reason := vs.describe()
+		mode := w.view.ChangeDetection
+		if name == config.StrategyIncremental {
+			mode = config.DetectCapture
+		}
+		if mode != w.sched.settings.ChangeDetection {
+			w.sched.settings.ChangeDetection = mode
+			defer w.deps.detectionChanged() // after w.mu is released
+		}
+		if reason != "" && w.strategyNote != reason {
+			w.log.Info("strategy auto: using full; the query does not qualify for incremental", zap.String("reason", reason))
+		}
+		w.strategyNote = reason
+	}
 	switch {
 	case res.Created:
 		w.log.Info("created the view empty; populating it")
@@ -307,6 +337,13 @@ func (w *worker) refresh(ctx, refreshCtx context.Context, t *term, trigger Trigg
 	w.lastResult, w.lastError = ResultSuccess, ""
 	w.mu.Unlock()
 	w.rec.Success(out.AsOf, out.FinishedAt)
+	if out.Rebuilt != "" {
+		w.rec.Rebuilt(out.Rebuilt)
+		fields = append(fields, zap.String("rebuilt", out.Rebuilt))
+	}
+	if out.Touched > 0 {
+		fields = append(fields, zap.Int64("groups", out.Touched))
+	}
 	w.log.Info("refreshed", append(fields,
 		zap.String("result", string(ResultSuccess)),
 		zap.Bool("concurrently", out.Concurrently),
@@ -407,7 +444,7 @@ func (w *worker) staleness(now time.Time, leader bool) time.Duration {
 	if !leader {
 		return 0
 	}
-	if w.view.ChangeDetection == config.DetectNone {
+	if w.sched.settings.ChangeDetection == config.DetectNone {
 		since := w.asOf
 		if since.IsZero() {
 			since = w.started

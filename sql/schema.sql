@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS refresherd.view_status (
     refreshed_by          text,                      -- host/pod of the refresher
     definition_hash       text
 );
+-- Added with incremental summaries: which strategy built the view's data.
+ALTER TABLE refresherd.view_status ADD COLUMN IF NOT EXISTS strategy text;
 
 -- History of attempts, for operators and to check that refreshes of a view
 -- never overlap. Pruned to a week per view by the daemon.

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh/incremental"
 	"github.com/refresherd/refresherd/internal/pooler"
 	"github.com/refresherd/refresherd/refresh"
 	dbsql "github.com/refresherd/refresherd/sql"
@@ -295,6 +296,49 @@ func (c *checker) checkSchema(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
+// checkStrategy reports which strategy v runs and why, and for an
+// incremental view what a round needs (a selective index on the source);
+// it reports whether v runs incrementally (then checkView has nothing more
+// to check: the daemon owns and builds the table).
+func (c *checker) checkStrategy(ctx context.Context, conn *pgx.Conn, v *config.View) (bool, error) {
+	subject := v.Name.String()
+	if v.Strategy == config.StrategyFull {
+		c.ok(subject, "strategy full: a materialized view refreshed whole")
+		return false, nil
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("check strategy: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	plan, err := incremental.Analyze(ctx, tx, v, v.GroupKey)
+	var nq *incremental.NotQualified
+	switch {
+	case errors.As(err, &nq) && v.Strategy == config.StrategyAuto:
+		c.ok(subject, "strategy auto: full, because the query does not qualify for incremental: %s", nq.Reason)
+		return false, nil
+	case errors.As(err, &nq):
+		c.problem(subject, "strategy incremental, but the query does not qualify: %s", nq.Reason)
+		return true, nil
+	case err != nil:
+		c.problem(subject, "strategy %s: cannot analyse the query: %v", v.Strategy, err)
+		return true, nil
+	}
+	keys := make([]string, len(plan.Keys))
+	for i, k := range plan.Keys {
+		keys[i] = k.Column
+	}
+	c.ok(subject, "strategy %s: incremental, group key (%s) over %s", v.Strategy, strings.Join(keys, ", "), plan.Source)
+	advice, err := incremental.CheckIndex(ctx, tx, plan)
+	if err != nil {
+		return true, fmt.Errorf("check strategy: %w", err)
+	}
+	if advice != "" {
+		c.warn(subject, "no index on %s makes a round's group lookup selective: every round scans the table; create one: %s", plan.Source, advice)
+	}
+	return true, nil
+}
+
 // checkView checks one view and its sources. Problems are reported as
 // found; the error is for a check that could not run.
 func (c *checker) checkView(ctx context.Context, conn *pgx.Conn, v *config.View) error {
@@ -306,10 +350,14 @@ func (c *checker) checkView(ctx context.Context, conn *pgx.Conn, v *config.View)
 			return err
 		}
 	}
+	incremental, err := c.checkStrategy(ctx, conn, v)
+	if err != nil || incremental {
+		return err
+	}
 	var kind string
 	var populated, owned bool
 	var owner string
-	err := conn.QueryRow(ctx, `SELECT c.relkind::text, c.relispopulated, pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)
+	err = conn.QueryRow(ctx, `SELECT c.relkind::text, c.relispopulated, pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)
 		FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)`, v.Name.Sanitized()).Scan(&kind, &populated, &owned, &owner)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return c.checkMissingView(ctx, conn, v)

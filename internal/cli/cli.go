@@ -37,6 +37,7 @@ func commands() []command {
 		{"run", "run the daemon", runDaemon},
 		{"status", "show each view's data as-of, staleness, last result and the leader, from the database", runStatus},
 		{"refresh", "refresh views once, now, and exit (for a CronJob or deploy step)", runRefresh},
+		{"verify", "compare incremental summaries with a full aggregate and print mismatched rows", runVerify},
 		{"check", "validate the config and preflight the database (privileges, sources, views)", runCheck},
 		{"signal", "signal a running daemon: refresh (SIGUSR1) or reload (SIGHUP)", runSignal},
 		{"version", "print the version", runVersion},

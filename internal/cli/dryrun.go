@@ -12,7 +12,39 @@ import (
 
 	"github.com/refresherd/refresherd/config"
 	"github.com/refresherd/refresherd/refresh"
+	"github.com/refresherd/refresherd/refresh/incremental"
 )
+
+// dryRunIncremental describes what start-up does with an incremental or
+// auto view; "" when auto falls back to full (the caller describes that).
+func dryRunIncremental(ctx context.Context, pool *pgxpool.Pool, v *config.View) (string, error) {
+	plan, err := refresh.Analyze(ctx, pool, v)
+	var nq *incremental.NotQualified
+	switch {
+	case errors.As(err, &nq) && v.Strategy == config.StrategyAuto:
+		return fmt.Sprintf("%s: strategy auto: full (the query does not qualify for incremental: %s)", v.Name, nq.Reason), nil
+	case errors.As(err, &nq):
+		return fmt.Sprintf("%s: PROBLEM: strategy incremental, but the query does not qualify: %s", v.Name, nq.Reason), nil
+	case err != nil:
+		return "", fmt.Errorf("dry run: %w", err)
+	}
+	var kind string
+	err = pool.QueryRow(ctx, `SELECT coalesce((SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)), '')`, v.Name.Sanitized()).Scan(&kind)
+	if err != nil {
+		return "", fmt.Errorf("dry run: look up %s: %w", v.Name, err)
+	}
+	what := "keep it with rounds over the changed groups (a rebuild if the definition changed or the key log was lost)"
+	switch kind {
+	case "":
+		what = "install the capture triggers on " + plan.Source.String() + ", then build the summary table"
+	case "m":
+		what = "install the capture triggers on " + plan.Source.String() + ", then build the summary table beside the materialized view and swap it in"
+	case "r":
+	default:
+		return fmt.Sprintf("%s: PROBLEM: exists and is neither a table nor a materialized view; it would not be managed", v.Name), nil
+	}
+	return fmt.Sprintf("%s: strategy incremental (configured %s): %s", v.Name, v.Strategy, what), nil
+}
 
 // dryRun prints what `run` would change in the database at start-up,
 // changing nothing: views to create, definitions to rebuild (and what would
@@ -34,6 +66,16 @@ func dryRun(cfg *config.Config, poolCfg *pgxpool.Config, out io.Writer) error {
 	}
 	for i := range cfg.Views {
 		v := &cfg.Views[i]
+		if v.Strategy != config.StrategyFull {
+			line, err := dryRunIncremental(ctx, pool, v)
+			if err != nil {
+				return err
+			}
+			if line != "" {
+				fmt.Fprintln(out, line)
+				continue
+			}
+		}
 		var kind string
 		err := pool.QueryRow(ctx, `SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)`, v.Name.Sanitized()).Scan(&kind)
 		switch {

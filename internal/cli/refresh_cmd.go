@@ -81,7 +81,7 @@ func runRefresh(args []string, env Env) int {
 		return errorf(env, ExitFailure, "refresh", "prepare database: %v", err)
 	}
 	host, _ := os.Hostname()
-	r := &refresh.Refresher{Pool: pool, Identity: host + "/" + strconv.Itoa(os.Getpid())}
+	identity := host + "/" + strconv.Itoa(os.Getpid())
 	failed := 0
 	for _, v := range views {
 		if ctx.Err() != nil {
@@ -89,7 +89,7 @@ func runRefresh(args []string, env Env) int {
 			failed++
 			continue
 		}
-		line, err := refreshOne(ctx, r, pool, v)
+		line, err := refreshOne(ctx, refresh.NewStrategy(pool, identity, v), v)
 		if err != nil {
 			errorf(env, ExitFailure, "refresh", "%v", err)
 			failed++
@@ -105,9 +105,9 @@ func runRefresh(args []string, env Env) int {
 
 // refreshOne sets up and refreshes one view like a daemon worker does, and
 // returns its report line.
-func refreshOne(ctx context.Context, r *refresh.Refresher, pool *pgxpool.Pool, v *config.View) (string, error) {
+func refreshOne(ctx context.Context, r refresh.Strategy, v *config.View) (string, error) {
 	sctx, cancel := context.WithTimeout(ctx, setupTimeout)
-	_, err := refresh.EnsureView(sctx, pool, v)
+	_, err := r.Setup(sctx, v, nil)
 	cancel()
 	if err != nil {
 		return "", fmt.Errorf("set up %s: %w", v.Name, err)
@@ -127,7 +127,12 @@ func refreshOne(ctx context.Context, r *refresh.Refresher, pool *pgxpool.Pool, v
 		return "", err
 	}
 	mode := "plain"
-	if out.Concurrently {
+	switch name, _ := refresh.Describe(r); {
+	case name == config.StrategyIncremental && out.Rebuilt != "":
+		mode = "incremental, rebuilt: " + out.Rebuilt
+	case name == config.StrategyIncremental:
+		mode = fmt.Sprintf("incremental, %d groups", out.Touched)
+	case out.Concurrently:
 		mode = "concurrently"
 	}
 	return fmt.Sprintf("%s refreshed in %s (%s), data as of %s",

@@ -68,6 +68,7 @@ type leaderDoc struct {
 
 type viewStatus struct {
 	View                string     `json:"view"`
+	Strategy            string     `json:"strategy"` // in use (from the status table), else as configured
 	Exists              bool       `json:"exists"`
 	Populated           bool       `json:"populated"`
 	DataAsOf            *time.Time `json:"data_as_of"`
@@ -177,10 +178,12 @@ func readStatus(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*statu
 func readRelations(ctx context.Context, conn *pgx.Conn, cfg *config.Config, doc *statusDoc) error {
 	for i, v := range cfg.Views {
 		var populated *bool
+		// An incremental summary is a table: populated once it exists.
 		if err := conn.QueryRow(ctx, `SELECT (SELECT c.relispopulated FROM pg_catalog.pg_class c
-				WHERE c.oid = to_regclass($1) AND c.relkind = 'm')`, v.Name.Sanitized()).Scan(&populated); err != nil {
+				WHERE c.oid = to_regclass($1) AND c.relkind IN ('m', 'r'))`, v.Name.Sanitized()).Scan(&populated); err != nil {
 			return fmt.Errorf("read status: look up %s: %w", v.Name, err)
 		}
+		doc.Views[i].Strategy = v.Strategy
 		doc.Views[i].Exists = populated != nil
 		doc.Views[i].Populated = populated != nil && *populated
 	}
@@ -189,7 +192,8 @@ func readRelations(ctx context.Context, conn *pgx.Conn, cfg *config.Config, doc 
 
 func readStatusRows(ctx context.Context, conn *pgx.Conn, names []string, byName map[string]*viewStatus, now time.Time) error {
 	rows, err := conn.Query(ctx, `SELECT view_name, data_as_of, last_success_at, last_attempt_at,
-			last_duration_seconds, last_result, last_error, last_trigger, consecutive_failures, refreshed_by
+			last_duration_seconds, last_result, last_error, last_trigger, consecutive_failures, refreshed_by,
+			coalesce(strategy, '')
 		FROM refresherd.view_status WHERE view_name = ANY($1)`, names)
 	if err != nil {
 		return fmt.Errorf("read status table: %w", err)
@@ -199,11 +203,14 @@ func readStatusRows(ctx context.Context, conn *pgx.Conn, names []string, byName 
 		var name string
 		var r viewStatus
 		if err := rows.Scan(&name, &r.DataAsOf, &r.LastSuccessAt, &r.LastAttemptAt, &r.LastDurationSeconds,
-			&r.LastResult, &r.LastError, &r.LastTrigger, &r.ConsecutiveFailures, &r.RefreshedBy); err != nil {
+			&r.LastResult, &r.LastError, &r.LastTrigger, &r.ConsecutiveFailures, &r.RefreshedBy, &r.Strategy); err != nil {
 			return fmt.Errorf("read status table: %w", err)
 		}
 		vs := byName[name]
 		r.View, r.Exists, r.Populated = vs.View, vs.Exists, vs.Populated
+		if r.Strategy == "" {
+			r.Strategy = vs.Strategy
+		}
 		r.DataAsOf, r.LastSuccessAt, r.LastAttemptAt = utc(r.DataAsOf), utc(r.LastSuccessAt), utc(r.LastAttemptAt)
 		if r.DataAsOf != nil {
 			// Never negative: the snapshot is taken inside the refresh
@@ -317,7 +324,7 @@ const maxTableError = 60
 
 func writeStatusTable(buf *bytes.Buffer, doc *statusDoc) {
 	tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "VIEW\tDATA AS OF\tSTALENESS\tLAST DURATION\tLAST RESULT\tIN PROGRESS")
+	fmt.Fprintln(tw, "VIEW\tSTRATEGY\tDATA AS OF\tSTALENESS\tLAST DURATION\tLAST RESULT\tIN PROGRESS")
 	for _, v := range doc.Views {
 		asOf, stale := "never", "-"
 		if v.DataAsOf != nil {
@@ -347,7 +354,7 @@ func writeStatusTable(buf *bytes.Buffer, doc *statusDoc) {
 				inProgress += " (pid " + strconv.Itoa(int(*v.InProgressPID)) + ")"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", v.View, asOf, stale, dur, result, inProgress)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.View, v.Strategy, asOf, stale, dur, result, inProgress)
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(buf, "\nleader %q: %s\n", doc.Leader.Name, describeLeader(doc.Leader))
