@@ -19,9 +19,9 @@ import (
 	"github.com/refresherd/refresherd/internal/pgtest"
 )
 
-// analyzeExtras adds, beside the demo's Django tables, one relation of each
+// analyzeTestDDL adds, beside the demo's Django tables, one relation of each
 // kind that cannot be a source and functions of each volatility.
-const analyzeExtras = `
+const analyzeTestDDL = `
 CREATE VIEW public.charge_view AS SELECT * FROM public.app_charge;
 CREATE MATERIALIZED VIEW public.charge_mv AS SELECT * FROM public.app_charge WITH NO DATA;
 CREATE FOREIGN DATA WRAPPER analyze_test_fdw;
@@ -41,7 +41,7 @@ CREATE OPERATOR public.+~ (LEFTARG = numeric, RIGHTARG = numeric, FUNCTION = pub
 `
 
 // analyzeDB returns a pool on a fresh database with the demo's schema and
-// analyzeExtras.
+// analyzeTestDDL.
 func analyzeDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -54,7 +54,7 @@ func analyzeDB(t *testing.T) *pgxpool.Pool {
 	if err := demodata.CreateSchema(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, analyzeExtras); err != nil {
+	if _, err := pool.Exec(ctx, analyzeTestDDL); err != nil {
 		t.Fatal(err)
 	}
 	return pool
@@ -73,7 +73,7 @@ func analyzeIn(t *testing.T, pool *pgxpool.Pool, v *config.View, declared []stri
 	return Analyze(ctx, tx, v, declared)
 }
 
-func view(query string, uniqueKey ...string) *config.View {
+func analyzeView(query string, uniqueKey ...string) *config.View {
 	return &config.View{
 		Name:      config.QualifiedName{Schema: "public", Name: "summary"},
 		Query:     query,
@@ -81,8 +81,8 @@ func view(query string, uniqueKey ...string) *config.View {
 	}
 }
 
-// shippedView is the charge summary exactly as config.yaml ships it.
-func shippedView(t *testing.T) *config.View {
+// analyzeShippedView is the charge summary exactly as config.yaml ships it.
+func analyzeShippedView(t *testing.T) *config.View {
 	t.Helper()
 	getenv := func(k string) string {
 		if k == "DATABASE_URL" {
@@ -103,7 +103,7 @@ func shippedView(t *testing.T) *config.View {
 	return nil
 }
 
-var shippedKeys = []Key{
+var analyzeShippedKeys = []Key{
 	{Column: "user_id", Source: "user_id", Type: "bigint", Nullable: false},
 	{Column: "job_id", Source: "job_id", Type: "bigint", Nullable: true},
 	{Column: "month", Source: "month", Type: "date", Nullable: false},
@@ -111,7 +111,7 @@ var shippedKeys = []Key{
 
 func TestAnalyzeShippedSummary(t *testing.T) {
 	pool := analyzeDB(t)
-	v := shippedView(t)
+	v := analyzeShippedView(t)
 	if !strings.Contains(v.Query, "FILTER") {
 		t.Fatalf("the shipped query changed shape; update this test:\n%s", v.Query)
 	}
@@ -124,7 +124,7 @@ func TestAnalyzeShippedSummary(t *testing.T) {
 			View:   config.QualifiedName{Schema: "public", Name: "app_chargesummary"},
 			Query:  v.Query,
 			Source: config.QualifiedName{Schema: "public", Name: "app_charge"},
-			Keys:   shippedKeys,
+			Keys:   analyzeShippedKeys,
 			Columns: []Column{
 				{Name: "id", Type: "text"},
 				{Name: "user_id", Type: "bigint"},
@@ -139,13 +139,13 @@ func TestAnalyzeShippedSummary(t *testing.T) {
 		if !regexp.MustCompile(`^[0-9a-f]{16}$`).MatchString(p.Hash) {
 			t.Errorf("Hash = %q, want 16 hex digits", p.Hash)
 		}
-		if diff := diffPlans(p, want); diff != "" {
+		if diff := analyzeDiffPlans(p, want); diff != "" {
 			t.Errorf("declared %v: %s", declared, diff)
 		}
 	}
 }
 
-func diffPlans(got, want Plan) string {
+func analyzeDiffPlans(got, want Plan) string {
 	var d []string
 	if got.View != want.View || got.Query != want.Query || got.Source != want.Source || got.Hash != want.Hash {
 		d = append(d, fmt.Sprintf("got view %s, source %s, hash %s, query %q; want %s, %s, %s, %q",
@@ -167,7 +167,7 @@ func diffPlans(got, want Plan) string {
 // change with the definition.
 func TestAnalyzeHash(t *testing.T) {
 	pool := analyzeDB(t)
-	v := shippedView(t)
+	v := analyzeShippedView(t)
 	p1, err := analyzeIn(t, pool, v, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -191,9 +191,22 @@ func TestAnalyzeHash(t *testing.T) {
 			t.Errorf("%s changed but the hash did not", name)
 		}
 	}
-	// Pinned: a change in planHash renames every installed capture object.
-	if want := planHash(Plan{Query: "q", Keys: []Key{{Column: "a", Source: "b"}}, UniqueKey: []string{"a"}}); want != "aae7d438bacc1244" {
-		t.Errorf("planHash of a fixed plan = %s, changed", want)
+	// An altered source column needs new capture objects.
+	for name, change := range map[string]func(*Plan){
+		"key type":     func(p *Plan) { p.Keys[1].Type = "integer" },
+		"key nullable": func(p *Plan) { p.Keys[1].Nullable = false },
+		"key order":    func(p *Plan) { p.Keys[0], p.Keys[2] = p.Keys[2], p.Keys[0] },
+	} {
+		p := p1
+		p.Keys = slices.Clone(p1.Keys)
+		change(&p)
+		if analyzeHash(p) == p1.Hash {
+			t.Errorf("%s changed but the hash did not", name)
+		}
+	}
+	// Pinned: a change in analyzeHash renames every installed capture object.
+	if got := analyzeHash(Plan{Query: "q", Keys: []Key{{Column: "a", Source: "b", Type: "int"}}, UniqueKey: []string{"a"}}); got != "1bae868aa653af71" {
+		t.Errorf("analyzeHash of a fixed plan = %s, changed", got)
 	}
 }
 
@@ -216,7 +229,7 @@ func TestAnalyzeQualification(t *testing.T) {
 			        sum(CASE WHEN c.type = 'sw' THEN c.amount ELSE 0 END)::numeric(19,2) AS software
 			        FROM public.app_charge c GROUP BY c.user_id, c.job_id, c.month`,
 			declared: []string{"user_id", "job_id", "month"},
-			keys:     shippedKeys,
+			keys:     analyzeShippedKeys,
 		},
 		{
 			name: "WHERE, HAVING, renamed key, several aggregates",
@@ -244,6 +257,17 @@ func TestAnalyzeQualification(t *testing.T) {
 			query:  `SELECT id, user_id, amount * 2 AS doubled FROM public.app_charge GROUP BY id`,
 			unique: []string{"id"},
 			keys:   []Key{{Column: "id", Source: "id", Type: "bigint"}},
+		},
+		{
+			// The planner drops user_id from its group key (the primary key
+			// determines it); the parsed GROUP BY keeps both.
+			name:   "GROUP BY the primary key and a dependent column",
+			query:  `SELECT id, user_id, sum(amount) AS total FROM public.app_charge GROUP BY id, user_id`,
+			unique: []string{"id"},
+			keys: []Key{
+				{Column: "id", Source: "id", Type: "bigint"},
+				{Column: "user_id", Source: "user_id", Type: "bigint"},
+			},
 		},
 		{
 			name:   "GROUP BY without aggregates",
@@ -352,6 +376,16 @@ func TestAnalyzeQualification(t *testing.T) {
 			name:   "inheritance children",
 			query:  `SELECT user_id AS id, sum(amount) FROM public.charge_parent GROUP BY user_id`,
 			reason: "its source public.charge_parent has inheritance children, whose writes would not be captured; use FROM ONLY public.charge_parent",
+		},
+		{
+			name:   "partition as source",
+			query:  `SELECT user_id AS id, sum(amount) FROM public.charge_part_2026 GROUP BY user_id`,
+			reason: "its source public.charge_part_2026 is a partition of public.charge_part: writes made through public.charge_part would not be captured",
+		},
+		{
+			name:   "inheritance child as source",
+			query:  `SELECT user_id AS id, sum(amount) FROM public.charge_child GROUP BY user_id`,
+			reason: "its source public.charge_child inherits from public.charge_parent: writes made through public.charge_parent would not be captured",
 		},
 		{
 			name:   "aggregate without GROUP BY",
@@ -508,7 +542,7 @@ func TestAnalyzeQualification(t *testing.T) {
 			if unique == nil {
 				unique = []string{"id"}
 			}
-			p, err := analyzeIn(t, pool, view(tt.query, unique...), tt.declared)
+			p, err := analyzeIn(t, pool, analyzeView(tt.query, unique...), tt.declared)
 			var nq *NotQualified
 			if tt.reason != "" {
 				if !errors.As(err, &nq) {
@@ -566,7 +600,7 @@ func TestAnalyzeErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { _ = tx.Rollback(ctx) }()
-			_, err = Analyze(ctx, tx, view(tt.query, "id"), nil)
+			_, err = Analyze(ctx, tx, analyzeView(tt.query, "id"), nil)
 			var nq *NotQualified
 			var pgErr *pgconn.PgError
 			switch {
@@ -579,7 +613,7 @@ func TestAnalyzeErrors(t *testing.T) {
 			case !errors.As(err, &pgErr) || pgErr.Code != tt.code:
 				t.Fatalf("error %v does not wrap a PostgreSQL error %s", err, tt.code)
 			}
-			assertTxClean(ctx, t, tx)
+			assertAnalyzeTxClean(ctx, t, tx)
 		})
 	}
 	t.Run("after success", func(t *testing.T) {
@@ -590,10 +624,10 @@ func TestAnalyzeErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { _ = tx.Rollback(ctx) }()
-		if _, err := Analyze(ctx, tx, view(demodata.SummaryQuery, "id"), nil); err != nil {
+		if _, err := Analyze(ctx, tx, analyzeView(demodata.SummaryQuery, "id"), nil); err != nil {
 			t.Fatal(err)
 		}
-		assertTxClean(ctx, t, tx)
+		assertAnalyzeTxClean(ctx, t, tx)
 	})
 	t.Run("nil view", func(t *testing.T) {
 		if _, err := analyzeIn(t, pool, nil, nil); err == nil {
@@ -602,9 +636,9 @@ func TestAnalyzeErrors(t *testing.T) {
 	})
 }
 
-// assertTxClean checks that tx still runs statements, holds no temporary
+// assertAnalyzeTxClean checks that tx still runs statements, holds no temporary
 // relation and that the demo tables are intact.
-func assertTxClean(ctx context.Context, t *testing.T, tx pgx.Tx) {
+func assertAnalyzeTxClean(ctx context.Context, t *testing.T, tx pgx.Tx) {
 	t.Helper()
 	var temps, tables int
 	err := tx.QueryRow(ctx, `
@@ -690,6 +724,20 @@ func TestCheckIndex(t *testing.T) {
 			keys: []Key{{Column: "user_id", Source: "user_id"}, {Column: "job_id", Source: "job_id", Nullable: true}},
 		},
 		{
+			name: "a unique index on some key columns",
+			keys: []Key{{Column: "id", Source: "id"}, {Column: "user_id", Source: "user_id"}},
+		},
+		{
+			name: "a unique index on a column that is not a key",
+			keys: []Key{{Column: "user_id", Source: "user_id"}, {Column: "type", Source: "type"}},
+			want: "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, type)",
+		},
+		{
+			name: "a unique index with an expression",
+			ddl:  `CREATE UNIQUE INDEX ON public.app_charge (user_id, (month + id::int))`,
+			want: "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month)",
+		},
+		{
 			name: "only nullable key columns",
 			keys: []Key{{Column: "job_id", Source: "job_id", Nullable: true}, {Column: "type", Source: "type", Nullable: true}},
 			want: "CREATE INDEX CONCURRENTLY ON public.app_charge (job_id, type)",
@@ -723,7 +771,7 @@ func TestCheckIndex(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			p := Plan{Source: config.QualifiedName{Schema: "public", Name: "app_charge"}, Keys: shippedKeys}
+			p := Plan{Source: config.QualifiedName{Schema: "public", Name: "app_charge"}, Keys: analyzeShippedKeys}
 			if tt.keys != nil {
 				p.Keys = tt.keys
 			}
@@ -742,7 +790,7 @@ func TestCheckIndex(t *testing.T) {
 	t.Run("missing source", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, err := CheckIndex(ctx, pool, Plan{Source: config.QualifiedName{Schema: "public", Name: "nope"}, Keys: shippedKeys})
+		_, err := CheckIndex(ctx, pool, Plan{Source: config.QualifiedName{Schema: "public", Name: "nope"}, Keys: analyzeShippedKeys})
 		if err == nil || !strings.Contains(err.Error(), "public.nope does not exist") {
 			t.Fatalf("error = %v", err)
 		}
@@ -751,7 +799,7 @@ func TestCheckIndex(t *testing.T) {
 		// The statement as advised runs, and afterwards there is no advice.
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		p := Plan{Source: config.QualifiedName{Schema: "public", Name: "app_charge"}, Keys: shippedKeys}
+		p := Plan{Source: config.QualifiedName{Schema: "public", Name: "app_charge"}, Keys: analyzeShippedKeys}
 		advice, err := CheckIndex(ctx, pool, p)
 		if err != nil || advice == "" {
 			t.Fatalf("advice %q, %v", advice, err)
