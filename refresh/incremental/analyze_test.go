@@ -629,6 +629,22 @@ func TestAnalyzeErrors(t *testing.T) {
 		}
 		assertAnalyzeTxClean(ctx, t, tx)
 	})
+	t.Run("cancelled context", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback(context.Background()) }()
+		cctx, ccancel := context.WithCancel(ctx)
+		ccancel()
+		_, err = Analyze(cctx, tx, analyzeView(demodata.SummaryQuery, "id"), nil)
+		var nq *NotQualified
+		if !errors.Is(err, context.Canceled) || errors.As(err, &nq) {
+			t.Fatalf("error = %v, want one wrapping context.Canceled", err)
+		}
+	})
 	t.Run("nil view", func(t *testing.T) {
 		if _, err := analyzeIn(t, pool, nil, nil); err == nil {
 			t.Fatal("no error")
