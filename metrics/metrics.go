@@ -48,6 +48,8 @@ type Metrics struct {
 	ListenerReconnects   prometheus.Counter
 	NotificationsIgnored prometheus.Counter
 	Vacuums              *prometheus.CounterVec
+	TargetLag            *prometheus.GaugeVec
+	TargetMet            *prometheus.GaugeVec
 	ConfigReloadOK       prometheus.Gauge
 	ConfigReloadTime     prometheus.Gauge
 }
@@ -99,6 +101,14 @@ func New(version string) *Metrics {
 			Name: "refresherd_vacuums_total",
 			Help: "VACUUM (ANALYZE) runs after concurrent refreshes left vacuum_threshold dead rows or more.",
 		}, []string{"view"}),
+		TargetLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "refresherd_target_lag_seconds",
+			Help: "The view's configured freshness target (target_lag); 0 when it has none.",
+		}, []string{"view"}),
+		TargetMet: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "refresherd_target_met",
+			Help: "0 while the view's target_lag cannot be met (its refresh takes too long for it; refreshes run back to back within max_load), else 1.",
+		}, []string{"view"}),
 		ConfigReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "refresherd_config_last_reload_successful",
 			Help: "1 if the last configuration (re)load succeeded.",
@@ -115,7 +125,7 @@ func New(version string) *Metrics {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(
 		m.Refreshes, m.Duration, m.LastSuccess, m.DataAsOf, m.ViewReady,
-		m.Vacuums, m.Leader, m.ListenerConnected, m.ListenerReconnects, m.NotificationsIgnored,
+		m.Vacuums, m.TargetLag, m.TargetMet, m.Leader, m.ListenerConnected, m.ListenerReconnects, m.NotificationsIgnored,
 		m.ConfigReloadOK, m.ConfigReloadTime, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -137,6 +147,8 @@ func (m *Metrics) InitView(view string) {
 	m.DataAsOf.WithLabelValues(view)
 	m.ViewReady.WithLabelValues(view)
 	m.Vacuums.WithLabelValues(view)
+	m.TargetLag.WithLabelValues(view)
+	m.TargetMet.WithLabelValues(view).Set(1)
 }
 
 // RemoveView deletes a view's series (when it stops being managed).
@@ -151,6 +163,8 @@ func (m *Metrics) RemoveView(view string) {
 	m.DataAsOf.DeleteLabelValues(view)
 	m.ViewReady.DeleteLabelValues(view)
 	m.Vacuums.DeleteLabelValues(view)
+	m.TargetLag.DeleteLabelValues(view)
+	m.TargetMet.DeleteLabelValues(view)
 }
 
 // ViewState is the live, in-memory state of one view, read at scrape time so
@@ -245,6 +259,16 @@ func (r ViewRecorder) Ready(ok bool) {
 		v = 1
 	}
 	r.m.ViewReady.WithLabelValues(r.view).Set(v)
+}
+
+// Target records the view's freshness target and whether it is met.
+func (r ViewRecorder) Target(lag time.Duration, met bool) {
+	r.m.TargetLag.WithLabelValues(r.view).Set(lag.Seconds())
+	v := 0.0
+	if met {
+		v = 1
+	}
+	r.m.TargetMet.WithLabelValues(r.view).Set(v)
 }
 
 // Vacuumed counts a vacuum after a refresh.
