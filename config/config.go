@@ -59,6 +59,10 @@ const (
 // none is configured: a round costs little, so it only coalesces a burst.
 const IncrementalDebounce = 50 * time.Millisecond
 
+// DefaultMaxLoad lets a view refresh 90% of the time when its target lag
+// cannot be met.
+const DefaultMaxLoad = 0.9
+
 // DefaultPollInterval is how often the changelog and stats detectors poll
 // when poll_interval is not set.
 const DefaultPollInterval = 200 * time.Millisecond
@@ -110,10 +114,19 @@ type Shutdown struct{ GracePeriod time.Duration }
 
 // Settings are the per-view refresh settings; `refresh:` holds the defaults.
 type Settings struct {
-	Schedule         string
-	ScheduleSpec     cron.Schedule // nil when no schedule
-	Debounce         time.Duration
-	MaxDelay         time.Duration
+	Schedule     string
+	ScheduleSpec cron.Schedule // nil when no schedule
+	Debounce     time.Duration
+	MaxDelay     time.Duration
+	// TargetLag is the freshness the view should keep: a change visible
+	// within this much time. The daemon plans refreshes from the oldest
+	// pending change and its measured refresh time; 0 plans by debounce and
+	// max_delay alone.
+	TargetLag time.Duration
+	// MaxLoad is the share of time (0 < x <= 1) a view may spend
+	// refreshing when its target cannot be met: refreshes then run back to
+	// back with at least duration*(1-MaxLoad)/MaxLoad between them.
+	MaxLoad          float64
 	StatementTimeout time.Duration
 	LockTimeout      time.Duration
 	Concurrently     bool
@@ -156,6 +169,7 @@ type View struct {
 var defaultSettings = Settings{
 	Debounce:         time.Second,
 	MaxDelay:         30 * time.Second,
+	MaxLoad:          DefaultMaxLoad,
 	StatementTimeout: 10 * time.Minute,
 	LockTimeout:      5 * time.Second,
 	Concurrently:     true,
@@ -584,7 +598,20 @@ func (d *decoder) settingHandlers(s *Settings) map[string]func(*yaml.Node, strin
 			}
 			s.VerifySpec = spec
 		},
-		"max_delay":         func(n *yaml.Node, p string) { s.MaxDelay = d.duration(n, p, false) },
+		"max_delay":  func(n *yaml.Node, p string) { s.MaxDelay = d.duration(n, p, false) },
+		"target_lag": func(n *yaml.Node, p string) { s.TargetLag = d.duration(n, p, true) },
+		"max_load": func(n *yaml.Node, p string) {
+			raw := d.str(n, p)
+			if d.err != nil {
+				return
+			}
+			f, err := strconv.ParseFloat(raw, 64)
+			if err != nil || !(f > 0 && f <= 1) {
+				d.fail(n, p, "expected a share of time between 0 (exclusive) and 1, such as 0.5, got %q", raw)
+				return
+			}
+			s.MaxLoad = f
+		},
 		"statement_timeout": func(n *yaml.Node, p string) { s.StatementTimeout = d.pgTimeout(n, p) },
 		"lock_timeout":      func(n *yaml.Node, p string) { s.LockTimeout = d.pgTimeout(n, p) },
 		"concurrently":      func(n *yaml.Node, p string) { s.Concurrently = d.boolean(n, p) },

@@ -53,6 +53,8 @@ type Metrics struct {
 	Vacuums              *prometheus.CounterVec
 	Rebuilds             *prometheus.CounterVec
 	VerifyMismatched     *prometheus.GaugeVec
+	TargetLag            *prometheus.GaugeVec
+	TargetMet            *prometheus.GaugeVec
 	ConfigReloadOK       prometheus.Gauge
 	ConfigReloadTime     prometheus.Gauge
 }
@@ -112,6 +114,14 @@ func New(version string) *Metrics {
 			Name: "refresherd_verify_mismatched_rows",
 			Help: "Rows in which an incremental summary differed from a full aggregate at its last verification (must stay 0).",
 		}, []string{"view"}),
+		TargetLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "refresherd_target_lag_seconds",
+			Help: "The view's configured freshness target (target_lag); 0 when it has none.",
+		}, []string{"view"}),
+		TargetMet: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "refresherd_target_met",
+			Help: "0 while the view's target_lag cannot be met (its refresh takes too long for it; refreshes run back to back within max_load), else 1.",
+		}, []string{"view"}),
 		ConfigReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "refresherd_config_last_reload_successful",
 			Help: "1 if the last configuration (re)load succeeded.",
@@ -128,7 +138,7 @@ func New(version string) *Metrics {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(
 		m.Refreshes, m.Duration, m.LastSuccess, m.DataAsOf, m.ViewReady,
-		m.Vacuums, m.Rebuilds, m.VerifyMismatched, m.Leader, m.ListenerConnected, m.ListenerReconnects, m.NotificationsIgnored,
+		m.Vacuums, m.Rebuilds, m.VerifyMismatched, m.TargetLag, m.TargetMet, m.Leader, m.ListenerConnected, m.ListenerReconnects, m.NotificationsIgnored,
 		m.ConfigReloadOK, m.ConfigReloadTime, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -153,6 +163,8 @@ func (m *Metrics) InitView(view string) {
 	for _, r := range RebuildReasons {
 		m.Rebuilds.WithLabelValues(view, r)
 	}
+	m.TargetLag.WithLabelValues(view)
+	m.TargetMet.WithLabelValues(view).Set(1)
 }
 
 // RemoveView deletes a view's series (when it stops being managed).
@@ -171,6 +183,8 @@ func (m *Metrics) RemoveView(view string) {
 		m.Rebuilds.DeleteLabelValues(view, r)
 	}
 	m.VerifyMismatched.DeleteLabelValues(view)
+	m.TargetLag.DeleteLabelValues(view)
+	m.TargetMet.DeleteLabelValues(view)
 }
 
 // ViewState is the live, in-memory state of one view, read at scrape time so
@@ -275,6 +289,16 @@ func (r ViewRecorder) Rebuilt(reason string) {
 // Verified records a verification's mismatched rows.
 func (r ViewRecorder) Verified(mismatched int64) {
 	r.m.VerifyMismatched.WithLabelValues(r.view).Set(float64(mismatched))
+}
+
+// Target records the view's freshness target and whether it is met.
+func (r ViewRecorder) Target(lag time.Duration, met bool) {
+	r.m.TargetLag.WithLabelValues(r.view).Set(lag.Seconds())
+	v := 0.0
+	if met {
+		v = 1
+	}
+	r.m.TargetMet.WithLabelValues(r.view).Set(v)
 }
 
 // Vacuumed counts a vacuum after a refresh.

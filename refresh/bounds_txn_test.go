@@ -114,6 +114,7 @@ func goDone(t *testing.T, fn func() error) <-chan error {
 // within its own bound plus pgx's DeadlineDelay, with no deadline from the
 // caller.
 func TestRefreshBoundedAgainstFrozenServer(t *testing.T) {
+	t.Parallel() // slow by design: it waits out a bound
 	ctx := context.Background()
 	pool := testPool(t)
 	v := testView(t, "public.slow", `SELECT k, sum(v)::bigint AS total, count(*) AS n FROM public.src,
@@ -145,6 +146,7 @@ func TestRefreshBoundedAgainstFrozenServer(t *testing.T) {
 // lock (held by another session), its backend freezes there, the lock is
 // released. EnsureView must return within SetupTimeout plus DeadlineDelay.
 func TestEnsureViewBoundedAgainstFrozenServer(t *testing.T) {
+	t.Parallel() // slow by design: it waits out a bound
 	ctx := context.Background()
 	pool := testPool(t)
 	v := testView(t, "public.sums", sumQuery)
@@ -168,6 +170,7 @@ func TestEnsureViewBoundedAgainstFrozenServer(t *testing.T) {
 // waits on a source table's lock for lock_timeout, not for the whole
 // statement_timeout.
 func TestSwapBuildHonoursLockTimeout(t *testing.T) {
+	t.Parallel() // slow by design: it waits out a bound
 	ctx := context.Background()
 	pool := testPool(t)
 	v := testView(t, "public.sums", sumQuery)
@@ -193,6 +196,7 @@ func TestSwapBuildHonoursLockTimeout(t *testing.T) {
 // build the index instead. The build is made slow with a range type whose
 // comparisons sleep.
 func TestIndexBuildStopsAtSetupDeadline(t *testing.T) {
+	t.Parallel() // slow by design: it waits out a bound
 	ctx := context.Background()
 	pool := testPool(t)
 	mustExec(t, pool, `CREATE FUNCTION public.slow_cmp(int4, int4) RETURNS int4 LANGUAGE sql IMMUTABLE AS $$

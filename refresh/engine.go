@@ -229,6 +229,7 @@ func (e *Engine) addWorker(w *worker) {
 	e.byName[w.name] = w
 	e.indexSources()
 	e.m.InitView(w.name)
+	w.rec.Target(w.view.TargetLag, true)
 }
 
 // indexSources rebuilds the source-table index. Caller holds e.mu.

@@ -212,7 +212,19 @@ type decision struct {
 	// next is when to look again unless woken earlier; zero: only when
 	// woken.
 	next time.Time
+	// target is whether the view's target_lag is met (targetNone when it
+	// has none or nothing is pending).
+	target targetState
 }
+
+// targetState is whether a view's freshness target is being met.
+type targetState int
+
+const (
+	targetNone   targetState = iota // no target_lag, or nothing pending
+	targetMet                       // the planned refresh makes the pending change visible in time
+	targetMissed                    // it cannot: refreshes run back to back within max_load
+)
 
 // schedule is one view's scheduling state.
 type schedule struct {
@@ -223,6 +235,67 @@ type schedule struct {
 	failures int       // consecutive failed refreshes
 	retryAt  time.Time // no automatic refresh before this after a failure
 	nextTick time.Time // the next schedule tick; zero without a schedule
+
+	// The view's refresh time, for target_lag and max_load: an estimate
+	// that follows a slower refresh at once and a faster one gradually, and
+	// the last refresh's end and duration.
+	estimate time.Duration
+	lastEnd  time.Time
+	lastDur  time.Duration
+}
+
+// ran records a refresh attempt's end and duration, successful or not:
+// both count against max_load and teach the estimate.
+func (sc *schedule) ran(end time.Time, dur time.Duration) {
+	sc.lastEnd, sc.lastDur = end, dur
+	if dur >= sc.estimate {
+		sc.estimate = dur
+	} else {
+		sc.estimate = (4*sc.estimate + dur) / 5
+	}
+}
+
+// plan is the next refresh by the view's own state: pending's rules, then
+// the freshness target (a change refresh starts early enough for the
+// change to be visible within target_lag, given the estimated refresh
+// time, but not before the change was seen), then the load cap (after a
+// refresh that took d, the next automatic one waits d*(1-max_load)/max_load;
+// manual, start-up and catch-up refreshes do not wait).
+func (sc *schedule) plan(now time.Time) plan {
+	pl := sc.p.nextRefresh(sc.settings, now, sc.retryAt)
+	if pl.at.IsZero() {
+		return pl
+	}
+	s := sc.settings
+	changeOnly := !sc.p.manual && !sc.p.urgent && !sc.p.tick
+	if changeOnly && s.TargetLag > 0 && sc.p.dirty && !sc.p.first.IsZero() {
+		byTarget := sc.p.oldest.Add(s.TargetLag - sc.estimate)
+		if byTarget.Before(sc.p.first) {
+			byTarget = sc.p.first
+		}
+		if byTarget.Before(pl.at) && !byTarget.Before(sc.retryAt) {
+			pl.at = byTarget
+		}
+	}
+	if !sc.p.manual && !sc.p.urgent && sc.lastDur > 0 && s.MaxLoad > 0 && s.MaxLoad < 1 {
+		gap := time.Duration(float64(sc.lastDur) * (1 - s.MaxLoad) / s.MaxLoad)
+		if earliest := sc.lastEnd.Add(gap); pl.at.Before(earliest) {
+			pl.at = earliest
+		}
+	}
+	return pl
+}
+
+// targetState says whether a refresh at `at` makes the oldest pending
+// change visible within target_lag.
+func (sc *schedule) targetState(at time.Time) targetState {
+	if sc.settings.TargetLag <= 0 || !sc.p.dirty || sc.p.first.IsZero() {
+		return targetNone
+	}
+	if at.Add(sc.estimate).Sub(sc.p.oldest) > sc.settings.TargetLag {
+		return targetMissed
+	}
+	return targetMet
 }
 
 func newSchedule(s config.Settings, retry Backoff, now time.Time) schedule {
@@ -267,7 +340,10 @@ func (sc *schedule) decide(now time.Time, ups []upstreamState) decision {
 			d.skippedTick = true
 		}
 	}
-	pl := sc.p.nextRefresh(sc.settings, now, sc.retryAt)
+	pl := sc.plan(now)
+	if !pl.at.IsZero() {
+		d.target = sc.targetState(later(pl.at, now))
+	}
 	if pl.at.IsZero() || pl.at.After(now) {
 		d.next = earliest(pl.at, sc.nextTick)
 		return d
@@ -297,7 +373,7 @@ func (sc *schedule) planned(now time.Time) time.Time {
 	if sc.failures > 0 {
 		return time.Time{}
 	}
-	return sc.p.nextRefresh(sc.settings, now, time.Time{}).at
+	return sc.plan(now).at
 }
 
 // begin takes what is owed as a refresh starts: changes seen from here on
@@ -325,6 +401,13 @@ func (sc *schedule) finished(now time.Time, taken pending, failed, canceled bool
 	d := sc.retry.Delay(sc.failures)
 	sc.retryAt = now.Add(d)
 	return d
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -1,6 +1,8 @@
 package refresh
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -169,6 +171,9 @@ func TestDecide(t *testing.T) {
 	none := scheduled
 	none.ChangeDetection = config.DetectNone
 	capture := config.Settings{Debounce: 50 * time.Millisecond, MaxDelay: 5 * time.Second, ChangeDetection: config.DetectCapture}
+	loaded := notify
+	loaded.MaxLoad = 0.5
+	targeted := config.Settings{Debounce: time.Second, MaxDelay: 10 * time.Second, TargetLag: 2 * time.Second, MaxLoad: 0.5, ChangeDetection: config.DetectNotify}
 
 	type step struct {
 		ms     int    // the clock
@@ -176,6 +181,7 @@ func TestDecide(t *testing.T) {
 		ups    []upstreamState
 		want   string // refresh:<trigger>, wait, skip, or none
 		nextMs int    // the next look, -1 for none (checked when want is not refresh)
+		target targetState
 	}
 	up := func(refreshing bool, dueMs int) []upstreamState {
 		u := upstreamState{refreshing: refreshing}
@@ -203,6 +209,36 @@ func TestDecide(t *testing.T) {
 			{ms: 0, do: "change"}, {ms: 30, do: "change"}, {ms: 40, want: "none", nextMs: 50},
 			{ms: 45, do: "change"}, {ms: 50, want: "refresh:change"},
 			{ms: 60, do: "change"}, {ms: 90, do: "change"}, {ms: 120, do: "ok"}, {ms: 120, want: "refresh:change"},
+		}},
+		{name: "target: a trickle is refreshed in time, not after quiet", s: targeted, steps: []step{
+			{ms: 0, do: "ran:300"},
+			{ms: 1000, do: "change"}, {ms: 1500, do: "change"}, {ms: 1600, want: "none", nextMs: 2500, target: targetMet},
+			{ms: 2000, do: "change"}, {ms: 2500, do: "change"}, {ms: 2700, want: "refresh:change", target: targetMet},
+		}},
+		{name: "target: a burst after idle is still coalesced by the debounce", s: targeted, steps: []step{
+			{ms: 0, do: "ran:100"},
+			{ms: 10000, do: "change"}, {ms: 10010, do: "change"}, {ms: 10020, do: "change"},
+			{ms: 10030, want: "none", nextMs: 11020, target: targetMet},
+			{ms: 11020, want: "refresh:change", target: targetMet},
+		}},
+		{name: "target: a change during a refresh is served by the next one at once", s: targeted, steps: []step{
+			{ms: 0, do: "change"}, {ms: 1000, want: "refresh:change", target: targetMet},
+			{ms: 1000, do: "change"}, {ms: 2900, do: "ok"}, {ms: 2900, do: "ran:1900"},
+			{ms: 2900, want: "none", nextMs: 4800, target: targetMissed},
+		}},
+		{name: "target: out of reach, back to back within max_load", s: targeted, steps: []step{
+			{ms: 3000, do: "ran:3000"},
+			{ms: 3000, do: "change"}, {ms: 3000, want: "none", nextMs: 6000, target: targetMissed},
+			{ms: 6000, want: "refresh:change", target: targetMissed},
+		}},
+		{name: "load cap: a manual request does not wait", s: targeted, steps: []step{
+			{ms: 0, do: "ran:3000"}, {ms: 100, do: "manual"}, {ms: 100, want: "refresh:manual"},
+		}},
+		{name: "load cap applies without a target too", s: loaded, steps: []step{
+			{ms: 0, do: "ran:4000"}, {ms: 100, do: "change"}, {ms: 1100, want: "none", nextMs: 4000},
+		}},
+		{name: "no target: no target state", s: notify, steps: []step{
+			{ms: 0, do: "change"}, {ms: 1000, want: "refresh:change", target: targetNone},
 		}},
 		{name: "clean tick is skipped", s: scheduled, steps: []step{
 			{ms: 10000, want: "skip", nextMs: 20000},
@@ -277,6 +313,10 @@ func TestDecide(t *testing.T) {
 					sc.newTerm()
 				case "idle":
 					sc.idle(now)
+				case "ran:100", "ran:300", "ran:1900", "ran:3000", "ran:4000":
+					var ms int
+					fmt.Sscanf(st.do, "ran:%d", &ms)
+					sc.ran(now, time.Duration(ms)*time.Millisecond)
 				case "":
 					d := sc.decide(now, st.ups)
 					got := "none"
@@ -291,6 +331,9 @@ func TestDecide(t *testing.T) {
 					}
 					if got != st.want {
 						t.Fatalf("step %d at %dms: got %s, want %s", i, st.ms, got, st.want)
+					}
+					if d.target != st.target {
+						t.Fatalf("step %d at %dms: target state %d, want %d", i, st.ms, d.target, st.target)
 					}
 					if d.refresh {
 						continue
@@ -372,5 +415,62 @@ func TestChainUnderSustainedWrites(t *testing.T) {
 		if v.count < int(total/bound) || v.maxGap > bound {
 			t.Errorf("view %d: %d refreshes, longest gap %v; want at least %d and gaps <= %v", i, v.count, v.maxGap, int(total/bound), bound)
 		}
+	}
+}
+
+// TestTargetLagSimulated runs the policy on a simulated clock against a
+// trickle of changes (one every 300 ms for 60 s, as the demo writes) with a
+// fixed refresh time, and measures each change's visibility latency: from
+// the change to the end of the first refresh that started after it. With
+// a reachable target it is within the target; with a refresh too slow for
+// it, within the bound max(target, debounce + 2*refresh) + 0.5 s.
+func TestTargetLagSimulated(t *testing.T) {
+	s := config.Settings{Debounce: time.Second, MaxDelay: 10 * time.Second, TargetLag: 2 * time.Second,
+		MaxLoad: config.DefaultMaxLoad, ChangeDetection: config.DetectNotify}
+	for _, tc := range []struct {
+		refresh time.Duration
+		bound   time.Duration
+	}{
+		{300 * time.Millisecond, s.TargetLag},
+		{time.Second, max(s.TargetLag, s.Debounce+2*time.Second) + 500*time.Millisecond},
+		{2500 * time.Millisecond, max(s.TargetLag, s.Debounce+5*time.Second) + 500*time.Millisecond},
+	} {
+		t.Run(tc.refresh.String(), func(t *testing.T) {
+			const step = 10 * time.Millisecond
+			sc := newSchedule(s, pinned, t0)
+			var changes []time.Time // not yet visible
+			var lat []time.Duration
+			var busyTill time.Time
+			var started time.Time
+			var inFlight []time.Time // changes the running refresh covers
+			var taken pending
+			for now := t0; now.Before(t0.Add(60 * time.Second)); now = now.Add(step) {
+				if now.Sub(t0)%(300*time.Millisecond) == 0 {
+					sc.p.change(now, now)
+					changes = append(changes, now)
+				}
+				if !busyTill.IsZero() && !now.Before(busyTill) {
+					for _, c := range inFlight {
+						lat = append(lat, now.Sub(c))
+					}
+					inFlight, busyTill = nil, time.Time{}
+					sc.ran(now, now.Sub(started))
+					sc.finished(now, taken, false, false)
+				}
+				if busyTill.IsZero() {
+					if d := sc.decide(now, nil); d.refresh {
+						taken = sc.begin()
+						started, busyTill = now, now.Add(tc.refresh)
+						inFlight, changes = changes, nil
+					}
+				}
+			}
+			slices.Sort(lat)
+			p99 := lat[len(lat)*99/100]
+			t.Logf("refresh %v: %d changes, visibility p50 %v p99 %v (bound %v)", tc.refresh, len(lat), lat[len(lat)/2], p99, tc.bound)
+			if p99 > tc.bound {
+				t.Errorf("p99 visibility %v > %v", p99, tc.bound)
+			}
+		})
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
-	"github.com/refresherd/refresherd/metrics"
 )
 
 // Outcome describes one committed refresh.
@@ -252,14 +251,6 @@ func isCanceled(ctx context.Context, err error) bool {
 // pgDuration formats d for a PostgreSQL time setting in milliseconds.
 func pgDuration(d time.Duration) string {
 	return fmt.Sprintf("%dms", max(d.Milliseconds(), 1))
-}
-
-// resultOf maps an error to the metrics result label.
-func resultOf(err error) string {
-	if err != nil {
-		return metrics.ResultError
-	}
-	return metrics.ResultSuccess
 }
 
 // MaybeVacuum runs VACUUM (ANALYZE) on the view when its dead rows reach

@@ -64,6 +64,7 @@ func (e *Engine) Reload(cfg *config.Config) (changes []string, err error) {
 			nw.prev = e.retiring[name]
 			e.byName[name] = nw
 			e.m.InitView(name)
+			nw.rec.Target(v.TargetLag, true)
 			e.startWorker(nw)
 			next = append(next, nw)
 			changes = append(changes, "added "+name)
@@ -80,6 +81,7 @@ func (e *Engine) Reload(cfg *config.Config) (changes []string, err error) {
 			}
 			e.byName[name] = nw
 			next = append(next, nw)
+			nw.rec.Target(v.TargetLag, true)
 			e.handover(w, nw)
 			changes = append(changes, "changed "+name)
 		}

@@ -17,6 +17,9 @@ type ViewStatus struct {
 	ChangeDetection     string     `json:"change_detection"`
 	DataAsOf            *time.Time `json:"data_as_of"`
 	StalenessSeconds    float64    `json:"staleness_seconds"`
+	TargetLagSeconds    float64    `json:"target_lag_seconds,omitempty"`
+	TargetMet           bool       `json:"target_met"`
+	RefreshEstimate     float64    `json:"refresh_estimate_seconds"`
 	PendingChanges      int64      `json:"pending_changes"`
 	InProgress          bool       `json:"in_progress"`
 	LastResult          string     `json:"last_result,omitempty"`
@@ -49,6 +52,9 @@ func (e *Engine) Status() Status {
 			Ready:               w.ready,
 			ChangeDetection:     w.sched.settings.ChangeDetection,
 			StalenessSeconds:    w.staleness(now, st.Leader).Seconds(),
+			TargetLagSeconds:    w.view.TargetLag.Seconds(),
+			TargetMet:           !w.targetMissed,
+			RefreshEstimate:     w.sched.estimate.Seconds(),
 			PendingChanges:      w.sched.p.count,
 			InProgress:          w.refreshing,
 			LastResult:          string(w.lastResult),

@@ -160,7 +160,6 @@ const (
 	RebuildOther      = "other"
 )
 
-
 // rebuildLabel maps incremental.NeedsRebuild's reason to a label value.
 func rebuildLabel(reason string) string {
 	switch {

@@ -21,6 +21,7 @@ type recorder interface {
 	Vacuumed()
 	Rebuilt(reason string)
 	Verified(mismatched int64)
+	Target(lag time.Duration, met bool)
 }
 
 // dependencies is what a worker knows of the other views: the state of the
@@ -89,6 +90,9 @@ type worker struct {
 	lastDur     time.Duration
 	// strategyNote is why auto chose full (logged once per change).
 	strategyNote string
+	// targetMissed: the freshness target is out of reach (logged and
+	// exported once per change).
+	targetMissed bool
 }
 
 // detection is the change detection the view uses now: configured, or
@@ -97,6 +101,23 @@ func (w *worker) detection() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.sched.settings.ChangeDetection
+}
+
+// noteTarget reports a change of whether the target is met. Caller holds
+// w.mu.
+func (w *worker) noteTarget(s targetState) {
+	if s == targetNone || (s == targetMissed) == w.targetMissed {
+		return
+	}
+	w.targetMissed = s == targetMissed
+	w.rec.Target(w.view.TargetLag, !w.targetMissed)
+	if w.targetMissed {
+		w.log.Warn("freshness target out of reach: refreshing back to back within max_load",
+			zap.Duration("target_lag", w.view.TargetLag), zap.Duration("refresh_estimate", w.sched.estimate),
+			zap.Float64("max_load", w.view.MaxLoad))
+		return
+	}
+	w.log.Info("freshness target met again", zap.Duration("target_lag", w.view.TargetLag), zap.Duration("refresh_estimate", w.sched.estimate))
 }
 
 func (w *worker) poke() {
@@ -189,6 +210,7 @@ func (w *worker) step(ctx, refreshCtx context.Context, t *term, now time.Time) t
 	ups := w.deps.upstreamStates(w.upstreams(), now)
 	w.mu.Lock()
 	d := w.sched.decide(now, ups)
+	w.noteTarget(d.target)
 	w.mu.Unlock()
 	if d.skippedTick {
 		w.rec.Skipped(string(TriggerSchedule))
@@ -314,6 +336,7 @@ func (w *worker) refresh(ctx, refreshCtx context.Context, t *term, trigger Trigg
 	w.mu.Lock()
 	w.refreshing = false
 	w.lastTrigger, w.lastDur = trigger, out.Duration
+	w.sched.ran(now, out.Duration)
 	retryIn := w.sched.finished(now, taken, err != nil, canceled)
 	fields := []zap.Field{zap.String("trigger", string(trigger)), zap.Duration("duration", out.Duration)}
 	if err != nil {

@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/refresherd/refresherd/config"
-	"github.com/refresherd/refresherd/refresh/incremental"
 	"github.com/refresherd/refresherd/internal/pooler"
 	"github.com/refresherd/refresherd/refresh"
+	"github.com/refresherd/refresherd/refresh/incremental"
 	dbsql "github.com/refresherd/refresherd/sql"
 )
 

@@ -67,8 +67,12 @@ type leaderDoc struct {
 }
 
 type viewStatus struct {
-	View                string     `json:"view"`
-	Strategy            string     `json:"strategy"` // in use (from the status table), else as configured
+	View             string   `json:"view"`
+	Strategy         string   `json:"strategy"`           // in use (from the status table), else as configured
+	TargetLagSeconds *float64 `json:"target_lag_seconds"` // configured; null when none
+	// TargetReachable: the last refresh took no longer than the target
+	// (refresh time plus detection must fit in it); null when unknown.
+	TargetReachable     *bool      `json:"target_reachable"`
 	Exists              bool       `json:"exists"`
 	Populated           bool       `json:"populated"`
 	DataAsOf            *time.Time `json:"data_as_of"`
@@ -184,6 +188,10 @@ func readRelations(ctx context.Context, conn *pgx.Conn, cfg *config.Config, doc 
 			return fmt.Errorf("read status: look up %s: %w", v.Name, err)
 		}
 		doc.Views[i].Strategy = v.Strategy
+		if v.TargetLag > 0 {
+			s := v.TargetLag.Seconds()
+			doc.Views[i].TargetLagSeconds = &s
+		}
 		doc.Views[i].Exists = populated != nil
 		doc.Views[i].Populated = populated != nil && *populated
 	}
@@ -210,6 +218,11 @@ func readStatusRows(ctx context.Context, conn *pgx.Conn, names []string, byName 
 		r.View, r.Exists, r.Populated = vs.View, vs.Exists, vs.Populated
 		if r.Strategy == "" {
 			r.Strategy = vs.Strategy
+		}
+		r.TargetLagSeconds = vs.TargetLagSeconds
+		if r.TargetLagSeconds != nil && r.LastDurationSeconds != nil {
+			ok := *r.LastDurationSeconds < *r.TargetLagSeconds
+			r.TargetReachable = &ok
 		}
 		r.DataAsOf, r.LastSuccessAt, r.LastAttemptAt = utc(r.DataAsOf), utc(r.LastSuccessAt), utc(r.LastAttemptAt)
 		if r.DataAsOf != nil {
@@ -324,7 +337,7 @@ const maxTableError = 60
 
 func writeStatusTable(buf *bytes.Buffer, doc *statusDoc) {
 	tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "VIEW\tSTRATEGY\tDATA AS OF\tSTALENESS\tLAST DURATION\tLAST RESULT\tIN PROGRESS")
+	fmt.Fprintln(tw, "VIEW\tSTRATEGY\tDATA AS OF\tSTALENESS\tTARGET\tLAST DURATION\tLAST RESULT\tIN PROGRESS")
 	for _, v := range doc.Views {
 		asOf, stale := "never", "-"
 		if v.DataAsOf != nil {
@@ -354,7 +367,14 @@ func writeStatusTable(buf *bytes.Buffer, doc *statusDoc) {
 				inProgress += " (pid " + strconv.Itoa(int(*v.InProgressPID)) + ")"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.View, v.Strategy, asOf, stale, dur, result, inProgress)
+		target := "-"
+		if v.TargetLagSeconds != nil {
+			target = formatDuration(time.Duration(*v.TargetLagSeconds * float64(time.Second)))
+			if v.TargetReachable != nil && !*v.TargetReachable {
+				target += " (out of reach)"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.View, v.Strategy, asOf, stale, target, dur, result, inProgress)
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(buf, "\nleader %q: %s\n", doc.Leader.Name, describeLeader(doc.Leader))

@@ -110,7 +110,7 @@ func tableRow(t *testing.T, out, view string) map[string]string {
 		t.Fatalf("empty status output")
 	}
 	header := sep.Split(strings.TrimSpace(ls[0]), -1)
-	want := []string{"VIEW", "STRATEGY", "DATA AS OF", "STALENESS", "LAST DURATION", "LAST RESULT", "IN PROGRESS"}
+	want := []string{"VIEW", "STRATEGY", "DATA AS OF", "STALENESS", "TARGET", "LAST DURATION", "LAST RESULT", "IN PROGRESS"}
 	if strings.Join(header, "|") != strings.Join(want, "|") {
 		t.Fatalf("status header = %q, want %q", header, want)
 	}

@@ -27,6 +27,7 @@ var requiredAlerts = []string{
 	"RefresherdNoLeader",
 	"RefresherdListenerDisconnected",
 	"RefresherdViewNotReady",
+	"RefresherdTargetLagMissed",
 	"RefresherdConfigReloadFailed",
 	"RefresherdDown",
 }
@@ -45,6 +46,8 @@ var exportedMetrics = []string{
 	"refresherd_listener_connected",
 	"refresherd_listener_reconnects_total",
 	"refresherd_view_ready",
+	"refresherd_target_lag_seconds",
+	"refresherd_target_met",
 	"refresherd_config_last_reload_successful",
 	"refresherd_build_info",
 }
