@@ -104,7 +104,7 @@ func (e *Engine) runVerifier(ctx context.Context) {
 				log.Error("incremental summary differs from its query; run `refresherd verify` to see the rows",
 					zap.String("view", w.name), zap.Int64("mismatched_rows", res.Mismatched))
 			} else {
-				log.Debug("verified", zap.String("view", w.name), zap.Int64("pending_groups", res.Pending))
+				log.Debug("verified", zap.String("view", w.name), zap.Int64("pending_groups", res.PendingGroups))
 			}
 		}
 		if !sleep(ctx, verifyCheckEvery) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -165,19 +166,19 @@ func rebuildLabel(reason string) string {
 	switch {
 	case reason == "":
 		return ""
-	case hasPrefix(reason, "truncat"):
+	case reason == incremental.ReasonTruncated:
 		return RebuildTruncate
-	case hasPrefix(reason, "log lost"):
+	case reason == incremental.ReasonLogLost:
 		return RebuildLogLost
-	case hasPrefix(reason, "trigger"):
+	case strings.HasPrefix(reason, incremental.ReasonTriggerMissing), reason == incremental.ReasonNotInstalled:
 		return RebuildTrigger
-	case hasPrefix(reason, "summary missing"):
+	case reason == incremental.ReasonSummaryMissing:
 		return RebuildInitial
+	case reason == incremental.ReasonMatview:
+		return RebuildStrategy
 	}
 	return RebuildOther
 }
-
-func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
 func (s *IncrementalStrategy) round(ctx context.Context, v *config.View, trigger Trigger, fence Fence) (Outcome, error) {
 	var out Outcome
@@ -273,11 +274,11 @@ func (s *IncrementalStrategy) Pending(ctx context.Context, v *config.View) (bool
 	if !ok {
 		return false, time.Time{}, nil
 	}
-	n, oldest, err := incremental.Pending(ctx, s.Pool, plan)
+	owed, oldest, err := incremental.Pending(ctx, s.Pool, plan)
 	if err != nil {
 		return false, time.Time{}, fmt.Errorf("check key log of %s: %w", v.Name, err)
 	}
-	return n > 0, oldest, nil
+	return owed, oldest, nil
 }
 
 // Verify compares v's incremental summary with a fresh full aggregate in one

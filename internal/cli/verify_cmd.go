@@ -97,7 +97,7 @@ func verifyOne(ctx context.Context, pool *pgxpool.Pool, v *config.View, env Env)
 		errorf(env, ExitFailure, "verify", "%v", err)
 		return false
 	case res.Mismatched == 0:
-		fmt.Fprintf(env.Stdout, "%s equal (%d pending groups)\n", v.Name, res.Pending)
+		fmt.Fprintf(env.Stdout, "%s equal (%d pending groups)\n", v.Name, res.PendingGroups)
 		return true
 	}
 	fmt.Fprintf(env.Stdout, "%s MISMATCH: %d rows differ\n", v.Name, res.Mismatched)
@@ -112,17 +112,15 @@ func verifyOne(ctx context.Context, pool *pgxpool.Pool, v *config.View, env Env)
 
 // formatRow prints a mismatched row: its side first, then its columns in
 // name order.
-func formatRow(r map[string]string) string {
-	keys := make([]string, 0, len(r))
-	for k := range r {
-		if k != "side" {
-			keys = append(keys, k)
-		}
+func formatRow(m incremental.Mismatch) string {
+	keys := make([]string, 0, len(m.Row))
+	for k := range m.Row {
+		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
-		parts[i] = k + "=" + r[k]
+		parts[i] = k + "=" + m.Row[k]
 	}
-	return fmt.Sprintf("%-13s %s", r["side"]+":", strings.Join(parts, ", "))
+	return fmt.Sprintf("%-13s %s", m.Side+":", strings.Join(parts, ", "))
 }
