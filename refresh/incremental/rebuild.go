@@ -84,7 +84,13 @@ func Rebuild(ctx context.Context, tx pgx.Tx, p Plan) (RebuildResult, error) {
 		return res, fmt.Errorf("rebuild %s: build %s: %w", p.View, target, err)
 	}
 	res.Rows = tag.RowsAffected()
-	if err := indexSummary(ctx, tx, p, target, version); err != nil {
+	// The side table's indexes get names of their own: the current
+	// relation's still hold the final ones until the swap.
+	side := ""
+	if res.Replaced != "" {
+		side = "_rfd_new"
+	}
+	if err := indexSummary(ctx, tx, p, target, side, version); err != nil {
 		return res, fmt.Errorf("rebuild %s: %w", p.View, err)
 	}
 	// Statistics now, so the first rounds' plans find the group index.
@@ -126,7 +132,7 @@ func Rebuild(ctx context.Context, tx pgx.Tx, p Plan) (RebuildResult, error) {
 		"ALTER TABLE " + target.Sanitized() + " RENAME TO " + ident(p.View.Name),
 	}
 	for _, suffix := range []string{summaryKeyIndexSuffix, summaryGroupIdxSuffix} {
-		from := config.QualifiedName{Schema: p.View.Schema, Name: cutName(target.Name, suffix)}
+		from := config.QualifiedName{Schema: p.View.Schema, Name: cutName(p.View.Name, side+suffix)}
 		stmts = append(stmts, "ALTER INDEX IF EXISTS "+from.Sanitized()+" RENAME TO "+ident(cutName(p.View.Name, suffix)))
 	}
 	for _, s := range stmts {
@@ -137,12 +143,13 @@ func Rebuild(ctx context.Context, tx pgx.Tx, p Plan) (RebuildResult, error) {
 	return res, nil
 }
 
-// indexSummary creates the summary's unique index on the unique key (plain
+// indexSummary creates on table, named after the view with side before
+// their suffix, the summary's unique index on the unique key (plain
 // columns, no predicate: what ON CONFLICT and the full strategy's
 // CONCURRENTLY need) and, unless the unique index already covers exactly
 // the group key, an index on the group key for the rounds' delete, NOT
 // NULL columns first since only they are compared with =.
-func indexSummary(ctx context.Context, tx pgx.Tx, p Plan, table config.QualifiedName, version int) error {
+func indexSummary(ctx context.Context, tx pgx.Tx, p Plan, table config.QualifiedName, side string, version int) error {
 	nulls := ""
 	if version >= 150000 {
 		// A NULL in a unique-key column (a nullable group key) must still
@@ -155,7 +162,7 @@ func indexSummary(ctx context.Context, tx pgx.Tx, p Plan, table config.Qualified
 			}
 		}
 	}
-	stmt := "CREATE UNIQUE INDEX " + ident(cutName(table.Name, summaryKeyIndexSuffix)) + " ON " + table.Sanitized() +
+	stmt := "CREATE UNIQUE INDEX " + ident(cutName(p.View.Name, side+summaryKeyIndexSuffix)) + " ON " + table.Sanitized() +
 		" (" + strings.Join(quoteAll(p.UniqueKey), ", ") + ")" + nulls
 	if _, err := tx.Exec(ctx, stmt); err != nil {
 		return fmt.Errorf("index %s: %w", table, err)
@@ -176,7 +183,7 @@ func indexSummary(ctx context.Context, tx pgx.Tx, p Plan, table config.Qualified
 	if slices.Equal(sortedGroup, sortedUnique) {
 		return nil
 	}
-	stmt = "CREATE INDEX " + ident(cutName(table.Name, summaryGroupIdxSuffix)) + " ON " + table.Sanitized() +
+	stmt = "CREATE INDEX " + ident(cutName(p.View.Name, side+summaryGroupIdxSuffix)) + " ON " + table.Sanitized() +
 		" (" + strings.Join(quoteAll(group), ", ") + ")"
 	if _, err := tx.Exec(ctx, stmt); err != nil {
 		return fmt.Errorf("index %s: %w", table, err)
