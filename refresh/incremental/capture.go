@@ -22,7 +22,8 @@ const bodyTag = "$rfd_body$"
 
 // Install creates the plan's capture objects, idempotently: the shared
 // sentinel and rebuild-request tables, the key log, the trigger functions
-// and the triggers on the source (re-enabling any that was disabled). It
+// and the triggers on the source, enabled ALWAYS (re-enabling any that was
+// disabled). It
 // sets no sentinel: only a Rebuild makes the log trustworthy.
 //
 // Creating a trigger locks the source against writes until tx ends: keep
@@ -86,17 +87,21 @@ func Install(ctx context.Context, tx pgx.Tx, p Plan) error {
 	}
 	src := p.Source.Sanitized()
 	for _, tr := range triggers(p) {
-		var stmt string
-		switch enabled, ok := state[tr.name]; {
-		case !ok:
-			stmt = createTrigger(p, tr)
-		case !enabled:
-			stmt = "ALTER TABLE " + src + " ENABLE TRIGGER " + ident(tr.name)
-		default:
+		var stmts []string
+		switch state[tr.name] {
+		case "":
+			stmts = append(stmts, createTrigger(p, tr))
+		case "A":
 			continue // left alone: re-creating it would lock out writers for nothing
 		}
-		if _, err := tx.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("install capture for %s: trigger %s on %s: %w", p.View, tr.name, p.Source, err)
+		// ALWAYS: the trigger fires in sessions with session_replication_role
+		// = replica too (logical replication's apply, bulk loads that skip
+		// triggers), whose changes the summary must see as well.
+		stmts = append(stmts, "ALTER TABLE "+src+" ENABLE ALWAYS TRIGGER "+ident(tr.name))
+		for _, s := range stmts {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return fmt.Errorf("install capture for %s: trigger %s on %s: %w", p.View, tr.name, p.Source, err)
+			}
 		}
 	}
 	return nil
@@ -213,19 +218,18 @@ func createTrigger(p Plan, tr trigger) string {
 		" FOR EACH STATEMENT EXECUTE FUNCTION " + fn.Sanitized() + "()"
 }
 
-// triggerStates maps the plan's triggers present on the source to whether
-// they are enabled. 'D' is disabled; 'O', 'A' and 'R' fire (R and O by
-// session_replication_role, which is the writer's business).
-func triggerStates(ctx context.Context, q Queryer, p Plan) (map[string]bool, error) {
-	rows, err := q.Query(ctx, `SELECT tgname::text, tgenabled <> 'D' FROM pg_catalog.pg_trigger
+// triggerStates maps the plan's triggers present on the source to their
+// pg_trigger.tgenabled: 'D' disabled, 'A' always, 'O' and 'R' by the
+// session's session_replication_role.
+func triggerStates(ctx context.Context, q Queryer, p Plan) (map[string]string, error) {
+	rows, err := q.Query(ctx, `SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger
 		WHERE tgrelid = pg_catalog.to_regclass($1) AND tgname = ANY($2::text[])`, p.Source.Sanitized(), TriggerNames(p))
 	if err != nil {
 		return nil, fmt.Errorf("read triggers on %s: %w", p.Source, err)
 	}
-	state := map[string]bool{}
+	state := map[string]string{}
 	for rows.Next() {
-		var name string
-		var enabled bool
+		var name, enabled string
 		if err := rows.Scan(&name, &enabled); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("read triggers on %s: %w", p.Source, err)
@@ -239,7 +243,7 @@ func triggerStates(ctx context.Context, q Queryer, p Plan) (map[string]bool, err
 }
 
 // MissingTriggers names the plan's triggers that are absent from the
-// source or disabled: changes went unlogged, so the caller rebuilds (after
+// source, disabled or enabled for replication only: changes went unlogged, so the caller rebuilds (after
 // Install has put them back).
 func MissingTriggers(ctx context.Context, q Queryer, p Plan) ([]string, error) {
 	state, err := triggerStates(ctx, q, p)
@@ -248,7 +252,9 @@ func MissingTriggers(ctx context.Context, q Queryer, p Plan) ([]string, error) {
 	}
 	var missing []string
 	for _, name := range TriggerNames(p) {
-		if !state[name] {
+		// 'D' never fires, 'R' only for replication; 'O' (set by someone
+		// since Install) still fires for ordinary writers.
+		if st := state[name]; st == "" || st == "D" || st == "R" {
 			missing = append(missing, name)
 		}
 	}

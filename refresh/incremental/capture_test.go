@@ -131,6 +131,22 @@ func TestWriterNeedsNoPrivileges(t *testing.T) {
 	}
 	round(t, pool, p)
 	assertEqual(t, pool, p)
+	// A session in replica mode (logical replication's apply, a bulk load
+	// skipping triggers) is captured too.
+	if err := inTx(t, pool, pgx.ReadCommitted, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL session_replication_role = replica`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE public.app_charge SET job_id = NULL WHERE user_id = 2`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := logRows(t, pool, p); n == 0 {
+		t.Fatal("a write in replica mode was not logged")
+	}
+	round(t, pool, p)
+	assertEqual(t, pool, p)
 	asApp(`TRUNCATE public.app_charge`)
 	if got := needsRebuild(t, pool, p); got != ReasonTruncated {
 		t.Fatalf("after the app role's TRUNCATE: %q, want %q", got, ReasonTruncated)
@@ -249,7 +265,9 @@ func TestNeedsRebuildReasons(t *testing.T) {
 	names := TriggerNames(p)
 	mustExec(t, pool, `DROP TRIGGER `+ident(names[1])+` ON public.app_charge`)
 	mustExec(t, pool, `ALTER TABLE public.app_charge DISABLE TRIGGER `+ident(names[2]))
-	want := ReasonTriggerMissing + ": " + names[1] + ", " + names[2]
+	mustExec(t, pool, `ALTER TABLE public.app_charge ENABLE REPLICA TRIGGER `+ident(names[3]))
+	mustExec(t, pool, `ALTER TABLE public.app_charge ENABLE TRIGGER `+ident(names[0])) // 'O' still fires
+	want := ReasonTriggerMissing + ": " + names[1] + ", " + names[2] + ", " + names[3]
 	if got := needsRebuild(t, pool, p); got != want {
 		t.Fatalf("trigger dropped and disabled: %q, want %q", got, want)
 	}
@@ -260,6 +278,9 @@ func TestNeedsRebuildReasons(t *testing.T) {
 	}
 	mustExec(t, pool, `UPDATE public.app_charge SET user_id = 9 WHERE user_id = 1`) // unlogged
 	install(t, pool, p)
+	if n := count(t, pool, `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.app_charge'::regclass AND tgenabled = 'A'`); n != 4 {
+		t.Errorf("%d triggers enabled ALWAYS after install, want 4", n)
+	}
 	rebuild(t, pool, p)
 	assertEqual(t, pool, p)
 	if got := needsRebuild(t, pool, p); got != "" {
