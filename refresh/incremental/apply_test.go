@@ -388,3 +388,39 @@ func TestQueryIsOneStatement(t *testing.T) {
 		t.Fatalf("app_charge has %d rows", n)
 	}
 }
+
+// TestOtherWritePaths: INSERT ... ON CONFLICT, MERGE and COPY fill the
+// transition tables too.
+func TestOtherWritePaths(t *testing.T) {
+	ctx := context.Background()
+	pool := testPool(t, true)
+	p := chargePlan()
+	seed(t, pool, 200, 3, 2)
+	ready(t, pool, p)
+	for _, sql := range []string{
+		`INSERT INTO public.app_charge (id, type, amount, month, user_id, job_id) VALUES (1, 'hw', 99, '2026-01-01', 7, NULL), (100000, 'sw', 1, '2026-02-01', 8, 1)
+			ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, amount = excluded.amount`,
+		`MERGE INTO public.app_charge c USING (VALUES (2, 5), (3, NULL), (100001, 6)) v (id, job) ON c.id = v.id
+			WHEN MATCHED AND v.job IS NULL THEN DELETE
+			WHEN MATCHED THEN UPDATE SET job_id = v.job
+			WHEN NOT MATCHED THEN INSERT (id, type, amount, month, user_id, job_id) VALUES (v.id, 'hw', 3, '2026-03-01', 9, v.job)`,
+	} {
+		mustExec(t, pool, sql)
+		round(t, pool, p)
+		assertEqual(t, pool, p)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Conn().CopyFrom(ctx, pgx.Identifier{"public", "app_charge"}, []string{"type", "amount", "month", "user_id", "job_id"},
+		pgx.CopyFromRows([][]any{{"hw", "1.5", time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC), 11, nil}, {"sw", "2.5", time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC), 11, 3}}))
+	conn.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := round(t, pool, p); r.Touched != 2 {
+		t.Errorf("round after COPY: %+v, want 2 groups", r)
+	}
+	assertEqual(t, pool, p)
+}
