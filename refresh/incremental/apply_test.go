@@ -424,3 +424,28 @@ func TestOtherWritePaths(t *testing.T) {
 	}
 	assertEqual(t, pool, p)
 }
+
+// TestUniqueKeyNotFromGroup: with a unique key that is not a function of
+// the group (min(id)), a group keeps its row when its key changes, and a
+// key that passes from one group to another does not collide.
+func TestUniqueKeyNotFromGroup(t *testing.T) {
+	pool := testPool(t, true)
+	seed(t, pool, 200, 3, 2)
+	p := chargePlan()
+	p.View = summaryName.WithName("charge_min_id")
+	p.Query = `SELECT min(id) AS id, user_id, job_id, month, sum(amount) AS total FROM public.app_charge GROUP BY user_id, job_id, month`
+	p.Columns = []Column{{Name: "id"}, {Name: "user_id"}, {Name: "job_id"}, {Name: "month"}, {Name: "total"}}
+	ready(t, pool, p)
+	for _, sql := range []string{
+		// Each group's key changes: its smallest charge goes.
+		`DELETE FROM public.app_charge WHERE id IN (SELECT min(id) FROM public.app_charge WHERE user_id = 1 GROUP BY job_id, month)`,
+		// The smallest charges of user 2 move to user 3 (new groups): each
+		// id passes from a row of user 2 that stays, with a new id, to a
+		// new row, in one round.
+		`UPDATE public.app_charge SET user_id = 3 WHERE id IN (SELECT min(id) FROM public.app_charge WHERE user_id = 2 GROUP BY job_id, month)`,
+	} {
+		mustExec(t, pool, sql)
+		round(t, pool, p)
+		assertEqual(t, pool, p)
+	}
+}

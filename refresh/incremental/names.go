@@ -43,12 +43,15 @@ const (
 
 // Reasons NeedsRebuild gives.
 const (
-	ReasonSummaryMissing  = "summary missing"
-	ReasonMatview         = "summary is a materialized view"
-	ReasonNotInstalled    = "capture not installed"
-	ReasonLogLost         = "log lost"
-	ReasonTruncated       = "truncated"
-	ReasonTriggerMissing  = "trigger missing" // followed by ": " and the names
+	ReasonSummaryMissing = "summary missing"
+	ReasonMatview        = "summary is a materialized view"
+	ReasonNotInstalled   = "capture not installed"
+	ReasonLogLost        = "log lost"
+	ReasonTruncated      = "truncated"
+	ReasonTriggerMissing = "trigger missing" // followed by ": " and the names
+)
+
+const (
 	logTimeColumn         = "logged_at"
 	summaryKeyIndexSuffix = "_refresherd_key" // the full strategy's name for the unique index
 	summaryGroupIdxSuffix = "_refresherd_group"
