@@ -23,8 +23,8 @@ const bodyTag = "$rfd_body$"
 // Install creates the plan's capture objects, idempotently: the shared
 // sentinel and rebuild-request tables, the key log, the trigger functions
 // and the triggers on the source, enabled ALWAYS (re-enabling any that was
-// disabled). It
-// sets no sentinel: only a Rebuild makes the log trustworthy.
+// disabled). It sets no sentinel: only a Rebuild makes the log
+// trustworthy.
 //
 // Creating a trigger locks the source against writes until tx ends: keep
 // the transaction short. It must commit before the snapshot of the Rebuild
