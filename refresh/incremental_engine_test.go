@@ -1,0 +1,242 @@
+package refresh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/refresherd/refresherd/config"
+)
+
+// The incremental strategy driven by the engine, against real PostgreSQL:
+// concurrent writers, rebuilds, switching strategies under readers.
+
+const chargeSchema = `
+CREATE TABLE public.app_charge (
+	id serial PRIMARY KEY,
+	type varchar(2) NOT NULL,
+	amount numeric(8,2) NOT NULL,
+	month date NOT NULL,
+	user_id int NOT NULL,
+	job_id int NULL
+);
+CREATE INDEX ON public.app_charge (user_id, month);
+INSERT INTO public.app_charge (type, amount, month, user_id, job_id)
+SELECT CASE WHEN g % 2 = 0 THEN 'hw' ELSE 'sw' END, (g % 97) + 0.25,
+	date '2026-01-01' + ((g % 6) * interval '1 month'), g % 40,
+	CASE WHEN g % 5 = 0 THEN NULL ELSE g % 7 END
+FROM generate_series(1, 5000) g`
+
+const chargeSummaryQuery = `SELECT c.user_id::text || ':' || coalesce(c.job_id::text, '-') || ':' || c.month::text AS id,
+	c.user_id, c.job_id, c.month,
+	coalesce(sum(c.amount) FILTER (WHERE c.type = 'hw'), 0)::numeric(19,2) AS hardware,
+	coalesce(sum(c.amount) FILTER (WHERE c.type = 'sw'), 0)::numeric(19,2) AS software
+FROM public.app_charge c
+GROUP BY c.user_id, c.job_id, c.month`
+
+// chargeDB is a database with the charge table and a summary view config.
+func chargeDB(t *testing.T, strategy string) (*pgxpool.Pool, config.View) {
+	t.Helper()
+	pool := testPool(t)
+	mustExec(t, pool, chargeSchema)
+	v := testView(t, "public.app_chargesummary", chargeSummaryQuery)
+	v.UniqueKey = []string{"id"}
+	v.Sources = []config.QualifiedName{{Schema: "public", Name: "app_charge"}}
+	v.Strategy = strategy
+	v.Debounce, v.MaxDelay = 50*time.Millisecond, 2*time.Second
+	v.PollInterval = 50 * time.Millisecond
+	if strategy == config.StrategyIncremental {
+		v.ChangeDetection = config.DetectCapture
+	}
+	return pool, *v
+}
+
+// randomTx runs one random writer transaction: inserts with and without a
+// job, amount updates, moves to another user, job (to and from NULL) or
+// month, deletes, several statements, and sometimes a rollback.
+func randomTx(ctx context.Context, pool *pgxpool.Pool, r *rand.Rand) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		for range 1 + r.IntN(3) {
+			var err error
+			id := 1 + r.IntN(5500)
+			switch r.IntN(8) {
+			case 0, 1:
+				job := any(nil)
+				if r.IntN(3) > 0 {
+					job = r.IntN(7)
+				}
+				_, err = tx.Exec(ctx, `INSERT INTO public.app_charge (type, amount, month, user_id, job_id)
+					VALUES ($1, $2, date '2026-01-01' + make_interval(months => $3), $4, $5)`,
+					[]string{"hw", "sw"}[r.IntN(2)], float64(r.IntN(10000))/100, r.IntN(6), r.IntN(40), job)
+			case 2:
+				_, err = tx.Exec(ctx, `UPDATE public.app_charge SET amount = amount + 1 WHERE id = $1`, id)
+			case 3:
+				_, err = tx.Exec(ctx, `UPDATE public.app_charge SET user_id = $2 WHERE id = $1`, id, r.IntN(40))
+			case 4:
+				_, err = tx.Exec(ctx, `UPDATE public.app_charge SET job_id = CASE WHEN job_id IS NULL THEN $2 ELSE NULL END WHERE id = $1`, id, r.IntN(7))
+			case 5:
+				_, err = tx.Exec(ctx, `UPDATE public.app_charge SET month = month + interval '1 month' WHERE id = $1`, id)
+			case 6:
+				_, err = tx.Exec(ctx, `DELETE FROM public.app_charge WHERE id = $1`, id)
+			case 7:
+				_, err = tx.Exec(ctx, `UPDATE public.app_charge SET amount = amount * 2 WHERE user_id = $1 AND month = date '2026-02-01'`, r.IntN(40))
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if r.IntN(10) == 0 {
+			return errRollback
+		}
+		return nil
+	})
+}
+
+var errRollback = errors.New("rollback on purpose")
+
+// writeRandomly runs writers concurrent writers of n transactions each.
+func writeRandomly(t *testing.T, pool *pgxpool.Pool, writers, n int, seed uint64) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := range writers {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(seed, uint64(w)))
+			for range n {
+				if err := randomTx(context.Background(), pool, r); err != nil && !errors.Is(err, errRollback) {
+					if failed.Add(1) == 1 {
+						t.Errorf("writer: %v", err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// incrementalSettled waits until the summary equals its query and the
+// engine owes nothing.
+func incrementalSettled(t *testing.T, e *Engine, pool *pgxpool.Pool, v *config.View) {
+	t.Helper()
+	waitFor(t, 30*time.Second, v.Name.String()+" to equal its query", func() bool {
+		st := e.Status().Views[0]
+		return !st.InProgress && st.PendingChanges == 0 && st.LastResult == string(ResultSuccess) && viewDiff(t, pool, v) == 0
+	})
+	res, err := Verify(context.Background(), pool, v, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Mismatched != 0 {
+		t.Fatalf("verify: %d mismatched rows: %v", res.Mismatched, res.Rows)
+	}
+}
+
+func rebuilds(e *Engine, view, reason string) float64 {
+	return testutil.ToFloat64(e.m.Rebuilds.WithLabelValues(view, reason))
+}
+
+// TestIncrementalUnderConcurrentWriters is the property test: several
+// writers run random transactions while the engine applies rounds; after
+// each settle the summary equals the full aggregate exactly. Then a
+// TRUNCATE and a lost key log (its sentinel gone, as after crash recovery)
+// each force a rebuild, counted with its reason, and it is exact again.
+func TestIncrementalUnderConcurrentWriters(t *testing.T) {
+	t.Parallel()
+	pool, v := chargeDB(t, config.StrategyIncremental)
+	e := newTestEngine(t, pool, v)
+	runEngine(t, e)
+	incrementalSettled(t, e, pool, &v)
+	if n := rebuilds(e, v.Name.String(), RebuildInitial); n != 1 {
+		t.Fatalf("initial rebuilds = %v, want 1", n)
+	}
+	if st := e.Status().Views[0]; st.Strategy != config.StrategyIncremental || st.ChangeDetection != config.DetectCapture {
+		t.Fatalf("status strategy %q detection %q", st.Strategy, st.ChangeDetection)
+	}
+
+	for round := range 3 {
+		writeRandomly(t, pool, 4, 60, uint64(round))
+		incrementalSettled(t, e, pool, &v)
+	}
+
+	mustExec(t, pool, `TRUNCATE public.app_charge`)
+	mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id) VALUES ('hw', 1, '2026-01-01', 1)`)
+	waitFor(t, 20*time.Second, "a rebuild after TRUNCATE", func() bool { return rebuilds(e, v.Name.String(), RebuildTruncate) == 1 })
+	incrementalSettled(t, e, pool, &v)
+
+	mustExec(t, pool, `DELETE FROM refresherd.incremental_sentinel`)
+	writeRandomly(t, pool, 2, 20, 99)
+	waitFor(t, 20*time.Second, "a rebuild after the log was lost", func() bool { return rebuilds(e, v.Name.String(), RebuildLogLost) == 1 })
+	incrementalSettled(t, e, pool, &v)
+}
+
+// TestSwitchStrategyUnderReaders switches a view from full to incremental
+// and back by reloads while readers query it: no reader error, no empty
+// result, and the data equals the query after each switch.
+func TestSwitchStrategyUnderReaders(t *testing.T) {
+	t.Parallel()
+	pool, full := chargeDB(t, config.StrategyFull)
+	e := newTestEngine(t, pool, full)
+	runEngine(t, e)
+	waitFor(t, 20*time.Second, "the materialized view", func() bool { return viewDiff(t, pool, &full) == 0 })
+
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var reads, empties atomic.Int64
+	var readErr atomic.Value
+	for range 2 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				var n int64
+				err := pool.QueryRow(ctx, `SELECT count(*) FROM public.app_chargesummary WHERE month = '2026-02-01'`).Scan(&n)
+				switch {
+				case ctx.Err() != nil:
+					return
+				case err != nil:
+					readErr.Store(err)
+				case n == 0:
+					empties.Add(1)
+				}
+				reads.Add(1)
+			}
+		})
+	}
+	inc := full
+	inc.Strategy, inc.ChangeDetection = config.StrategyIncremental, config.DetectCapture
+	for i, v := range []config.View{inc, full} {
+		cfg := *e.cfg
+		cfg.Views = []config.View{v}
+		if _, err := e.Reload(&cfg); err != nil {
+			t.Fatal(err)
+		}
+		want := "r"
+		if v.Strategy == config.StrategyFull {
+			want = "m"
+		}
+		waitFor(t, 30*time.Second, fmt.Sprintf("switch %d to %s", i, v.Strategy), func() bool {
+			var kind string
+			if err := pool.QueryRow(ctx, `SELECT relkind::text FROM pg_class WHERE oid = 'public.app_chargesummary'::regclass`).Scan(&kind); err != nil {
+				t.Fatal(err)
+			}
+			return kind == want && e.Status().Views[0].Strategy == v.Strategy
+		})
+		mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id) VALUES ('sw', 3, '2026-02-01', 2)`)
+		waitFor(t, 20*time.Second, "the switched view to equal its query", func() bool { return viewDiff(t, pool, &v) == 0 })
+	}
+	stop()
+	wg.Wait()
+	if err, _ := readErr.Load().(error); err != nil {
+		t.Fatalf("a reader failed during the switches: %v", err)
+	}
+	if empties.Load() > 0 || reads.Load() < 10 {
+		t.Fatalf("%d empty reads of %d", empties.Load(), reads.Load())
+	}
+}
