@@ -2,6 +2,7 @@ package refresh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
@@ -26,7 +28,12 @@ func viewDiff(t *testing.T, pool *pgxpool.Pool, v *config.View) int {
 	var n int
 	q := `SELECT count(*) FROM ((TABLE ` + v.Name.Sanitized() + ` EXCEPT ALL (` + v.Query + `))
 		UNION ALL ((` + v.Query + `) EXCEPT ALL TABLE ` + v.Name.Sanitized() + `)) d`
-	if err := pool.QueryRow(context.Background(), q).Scan(&n); err != nil {
+	err := pool.QueryRow(context.Background(), q).Scan(&n)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "55000") {
+		return -1 // not created or not populated yet
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -82,7 +82,7 @@ func randomTx(ctx context.Context, pool *pgxpool.Pool, r *rand.Rand) error {
 			case 3:
 				_, err = tx.Exec(ctx, `UPDATE public.app_charge SET user_id = $2 WHERE id = $1`, id, r.IntN(40))
 			case 4:
-				_, err = tx.Exec(ctx, `UPDATE public.app_charge SET job_id = CASE WHEN job_id IS NULL THEN $2 ELSE NULL END WHERE id = $1`, id, r.IntN(7))
+				_, err = tx.Exec(ctx, `UPDATE public.app_charge SET job_id = CASE WHEN job_id IS NULL THEN $2::int ELSE NULL END WHERE id = $1`, id, r.IntN(7))
 			case 5:
 				_, err = tx.Exec(ctx, `UPDATE public.app_charge SET month = month + interval '1 month' WHERE id = $1`, id)
 			case 6:
@@ -223,7 +223,7 @@ func TestSwitchStrategyUnderReaders(t *testing.T) {
 		}
 		waitFor(t, 30*time.Second, fmt.Sprintf("switch %d to %s", i, v.Strategy), func() bool {
 			var kind string
-			if err := pool.QueryRow(ctx, `SELECT relkind::text FROM pg_class WHERE oid = 'public.app_chargesummary'::regclass`).Scan(&kind); err != nil {
+			if err := pool.QueryRow(ctx, `SELECT coalesce((SELECT relkind::text FROM pg_class WHERE oid = to_regclass('public.app_chargesummary')), '')`).Scan(&kind); err != nil {
 				t.Fatal(err)
 			}
 			return kind == want && e.Status().Views[0].Strategy == v.Strategy

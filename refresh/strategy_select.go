@@ -97,13 +97,6 @@ func (w *worker) strategyName() (name, reason string) {
 	return name, reason
 }
 
-// incremental reports whether the view runs incrementally now.
-func (s *viewStrategy) incremental() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.chosen != nil && s.chosen == Strategy(s.inc)
-}
-
 // NewStrategy returns the strategy of v as configured, for one-shot
 // commands (the daemon builds its own).
 func NewStrategy(pool *pgxpool.Pool, identity string, v *config.View) Strategy {
