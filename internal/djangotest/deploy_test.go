@@ -64,11 +64,11 @@ func TestDeployOrder(t *testing.T) {
 	for _, strategy := range strategies() {
 		t.Run(strategy, func(t *testing.T) {
 			t.Parallel()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
 			url := pgtest.NewDB(t)
 			pool := newPool(t, url)
-			p := newProject(t, url, configFor(t, strategy))
+			p := newProject(t, url, configFor(t, strategy)) // first: it may install Django
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
 
 			d := daemontest.StartT(t, daemontest.Options{Args: []string{"--config", p.cfg}, Env: []string{"DATABASE_URL=" + url}})
 			if _, err := d.WaitLog(ctx, func(l map[string]any) bool { return l["msg"] == "view set-up failed; will retry" }); err != nil {
