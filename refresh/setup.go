@@ -68,7 +68,7 @@ func EnsureView(ctx context.Context, pool *pgxpool.Pool, v *config.View) (create
 				return fmt.Errorf("look up %s: %w", v.Name, err)
 			}
 			if !ours {
-				return fmt.Errorf("%s exists but is not a materialized view (a table refresherd did not build): refresherd will not replace it", v.Name)
+				return fmt.Errorf("%s exists but is not a materialized view (relkind %q): refresherd will not replace it", v.Name, kind)
 			}
 		case kind != "m":
 			return fmt.Errorf("%s exists but is not a materialized view (relkind %q): refresherd will not replace it", v.Name, kind)

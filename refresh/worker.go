@@ -260,6 +260,9 @@ func (w *worker) setup(ctx context.Context, t *term) bool {
 	if w.setupErr != nil {
 		w.log.Info("view set-up succeeded after failures")
 	}
+	if name, _ := w.strategyName(); name != "" {
+		w.log.Info("view set up", zap.String("strategy", name), zap.String("change_detection", w.sched.settings.ChangeDetection))
+	}
 	w.ready, w.setupErr, w.setupTry = true, nil, 0
 	if vs, ok := w.strategy.(*viewStrategy); ok {
 		name, reason := vs.describe()

@@ -575,6 +575,7 @@ func TestCheckAllGood(t *testing.T) {
 		`ok database: connected to PostgreSQL `,
 		`ok refresherd schema: does not exist yet: start-up will create it (role "postgres" may CREATE in database `,
 		"ok " + summary + ": source table public.app_charge: set-up will install the change trigger (TRIGGER privilege held)",
+		"ok " + summary + ": strategy full: a materialized view refreshed whole",
 		"ok " + summary + ": does not exist yet: set-up will create it (query plans; unique key (id) among its columns)",
 	}
 	checkLines(t, r.stdout, want)
@@ -591,6 +592,7 @@ func TestCheckAllGood(t *testing.T) {
 		"ok database: connected to PostgreSQL ",
 		`ok refresherd schema: exists and is usable by role "postgres"`,
 		"ok " + summary + ": source table public.app_charge has the change trigger",
+		"ok " + summary + ": strategy full: a materialized view refreshed whole",
 		"ok " + summary + ": materialized view exists: unique index app_chargesummary_refresherd_key usable by REFRESH CONCURRENTLY; definition plans; populated",
 	}
 	checkLines(t, r.stdout, want)
