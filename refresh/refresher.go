@@ -161,22 +161,30 @@ END $$`); err != nil {
 	if _, err := tx.Exec(ctx, stmt+v.Name.Sanitized()); err != nil {
 		return out, fmt.Errorf("%s: %w", stmt[:len(stmt)-1], err)
 	}
-	var seconds float64
-	if err := tx.QueryRow(ctx, upsertSuccessSQL, v.Name.String(), out.AsOf, trigger, r.Identity, config.StrategyFull).Scan(&out.FinishedAt, &seconds); err != nil {
-		return out, fmt.Errorf("record status: %w", err)
-	}
-	if _, err := tx.Exec(ctx, logSuccessSQL, v.Name.String(), trigger, out.AsOf, r.Identity); err != nil {
-		return out, fmt.Errorf("record log: %w", err)
-	}
-	if fence != nil {
-		if err := fence(ctx, tx); err != nil {
-			return out, fmt.Errorf("fence: %w", err)
-		}
-	}
-	if err := commit(ctx, tx); err != nil {
+	if err := recordAndCommit(ctx, tx, v, &out, trigger, r.Identity, config.StrategyFull, fence); err != nil {
 		return out, err
 	}
 	return out, nil
+}
+
+// recordAndCommit ends a successful refresh transaction of any strategy:
+// the status row and the log row (in the same transaction as the data, so
+// they never claim a refresh that did not commit), the fence, COMMIT. It
+// sets out.FinishedAt.
+func recordAndCommit(ctx context.Context, tx pgx.Tx, v *config.View, out *Outcome, trigger Trigger, identity, strategy string, fence Fence) error {
+	var seconds float64
+	if err := tx.QueryRow(ctx, upsertSuccessSQL, v.Name.String(), out.AsOf, trigger, identity, strategy).Scan(&out.FinishedAt, &seconds); err != nil {
+		return fmt.Errorf("record status: %w", err)
+	}
+	if _, err := tx.Exec(ctx, logSuccessSQL, v.Name.String(), trigger, out.AsOf, identity); err != nil {
+		return fmt.Errorf("record log: %w", err)
+	}
+	if fence != nil {
+		if err := fence(ctx, tx); err != nil {
+			return fmt.Errorf("fence: %w", err)
+		}
+	}
+	return commit(ctx, tx)
 }
 
 // acquire takes a pool connection, waiting at most AcquireTimeout.

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh/relation"
 	dbsql "github.com/refresherd/refresherd/sql"
 )
 
@@ -144,20 +145,7 @@ func ensureUniqueIndex(ctx context.Context, tx pgx.Tx, v *config.View) error {
 
 // indexName is <view>_refresherd_key, cut to fit PostgreSQL's 63-byte names
 // at a character boundary.
-func indexName(view string) string {
-	const suffix = "_refresherd_key"
-	limit := 63 - len(suffix)
-	if len(view) > limit {
-		cut := limit
-		for cut > 0 && !isRuneStart(view[cut]) {
-			cut--
-		}
-		view = view[:cut]
-	}
-	return view + suffix
-}
-
-func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
+func indexName(view string) string { return relation.CutName(view, "_refresherd_key") }
 
 // Names of the changelog detector's trigger and function (the notify ones
 // are in package sql). Each mode has its own trigger name, so a table

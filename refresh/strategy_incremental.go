@@ -228,25 +228,14 @@ func (s *IncrementalStrategy) round(ctx context.Context, v *config.View, trigger
 		}
 		out.Touched = r.Touched
 	}
-	var seconds float64
-	if err := tx.QueryRow(ctx, upsertSuccessSQL, v.Name.String(), out.AsOf, trigger, s.Identity, config.StrategyIncremental).Scan(&out.FinishedAt, &seconds); err != nil {
-		return out, fmt.Errorf("record status: %w", err)
-	}
 	if out.Rebuilt != "" {
-		if _, err := tx.Exec(ctx, `UPDATE refresherd.view_status SET definition_hash = $2 WHERE view_name = $1`,
+		if _, err := tx.Exec(ctx, `INSERT INTO refresherd.view_status (view_name, definition_hash) VALUES ($1, $2)
+			ON CONFLICT (view_name) DO UPDATE SET definition_hash = excluded.definition_hash`,
 			v.Name.String(), plan.Hash); err != nil {
 			return out, fmt.Errorf("record definition: %w", err)
 		}
 	}
-	if _, err := tx.Exec(ctx, logSuccessSQL, v.Name.String(), trigger, out.AsOf, s.Identity); err != nil {
-		return out, fmt.Errorf("record log: %w", err)
-	}
-	if fence != nil {
-		if err := fence(ctx, tx); err != nil {
-			return out, fmt.Errorf("fence: %w", err)
-		}
-	}
-	if err := commit(ctx, tx); err != nil {
+	if err := recordAndCommit(ctx, tx, v, &out, trigger, s.Identity, config.StrategyIncremental, fence); err != nil {
 		return out, err
 	}
 	return out, nil

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh/relation"
 )
 
 // DefinitionChange says how a view's stored definition compares with its
@@ -70,8 +71,8 @@ func PlanSwap(ctx context.Context, pool *pgxpool.Pool, v *config.View) (SwapPlan
 	defer cancel()
 	p := SwapPlan{
 		View: v.Name.String(),
-		Temp: v.Name.WithName(sideName(v.Name.Name, "_rfd_new")).String(),
-		Old:  v.Name.WithName(sideName(v.Name.Name, "_rfd_old")).String(),
+		Temp: v.Name.WithName(relation.CutName(v.Name.Name, "_rfd_new")).String(),
+		Old:  v.Name.WithName(relation.CutName(v.Name.Name, "_rfd_old")).String(),
 	}
 	rows, err := pool.Query(ctx, `SELECT DISTINCT format('%I.%I', n.nspname, c.relname)
 		FROM pg_catalog.pg_depend d
@@ -108,8 +109,8 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 		return time.Time{}, fmt.Errorf("definition of %s changed but %s depend(s) on it: drop them (or recreate them after) to let refresherd rebuild it; the old definition stays in use",
 			v.Name, strings.Join(plan.DependentViews, ", "))
 	}
-	tmp := v.Name.WithName(sideName(v.Name.Name, "_rfd_new"))
-	old := v.Name.WithName(sideName(v.Name.Name, "_rfd_old"))
+	tmp := v.Name.WithName(relation.CutName(v.Name.Name, "_rfd_new"))
+	old := v.Name.WithName(relation.CutName(v.Name.Name, "_rfd_old"))
 	idx := pgx.Identifier{indexName(v.Name.Name)}.Sanitize()
 	tmpIdx := pgx.Identifier{indexName(tmp.Name)}
 	cols := make([]string, len(v.UniqueKey))
@@ -140,7 +141,7 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 		if _, err := tx.Exec(bctx, "CREATE UNIQUE INDEX "+tmpIdx.Sanitize()+" ON "+tmp.Sanitized()+" ("+strings.Join(cols, ", ")+")"); err != nil {
 			return fmt.Errorf("index %s: %w", tmp, err)
 		}
-		return copyGrants(bctx, tx, v.Name, tmp)
+		return relation.CopyGrants(bctx, tx, v.Name, tmp)
 	})
 	if err != nil {
 		return time.Time{}, fmt.Errorf("rebuild %s: %w", v.Name, err)
@@ -204,65 +205,4 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 		return time.Time{}, fmt.Errorf("swap %s: %w", v.Name, err)
 	}
 	return asOf, nil
-}
-
-// copyGrants re-grants on to whatever was granted on from, so the app's
-// role can still read the rebuilt view.
-func copyGrants(ctx context.Context, tx pgx.Tx, from, to config.QualifiedName) error {
-	rows, err := tx.Query(ctx, `SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable
-		FROM pg_catalog.pg_class c, aclexplode(c.relacl) a
-		WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner`, from.Sanitized())
-	if err != nil {
-		return fmt.Errorf("read grants of %s: %w", from, err)
-	}
-	type grant struct {
-		role      *string
-		privilege string
-		option    bool
-	}
-	var grants []grant
-	for rows.Next() {
-		var g grant
-		if err := rows.Scan(&g.role, &g.privilege, &g.option); err != nil {
-			rows.Close()
-			return fmt.Errorf("read grants of %s: %w", from, err)
-		}
-		grants = append(grants, g)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read grants of %s: %w", from, err)
-	}
-	allowed := map[string]bool{"SELECT": true, "INSERT": true, "UPDATE": true, "DELETE": true, "TRUNCATE": true, "REFERENCES": true, "TRIGGER": true, "MAINTAIN": true}
-	for _, g := range grants {
-		if !allowed[g.privilege] {
-			continue
-		}
-		grantee := "PUBLIC"
-		if g.role != nil {
-			grantee = pgx.Identifier{*g.role}.Sanitize()
-		}
-		stmt := "GRANT " + g.privilege + " ON " + to.Sanitized() + " TO " + grantee
-		if g.option {
-			stmt += " WITH GRANT OPTION"
-		}
-		if _, err := tx.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("copy grant %s: %w", stmt, err)
-		}
-	}
-	return nil
-}
-
-// sideName is name+suffix cut to PostgreSQL's 63 bytes at a character
-// boundary.
-func sideName(name, suffix string) string {
-	limit := 63 - len(suffix)
-	if len(name) > limit {
-		cut := limit
-		for cut > 0 && !isRuneStart(name[cut]) {
-			cut--
-		}
-		name = name[:cut]
-	}
-	return name + suffix
 }

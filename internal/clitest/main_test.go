@@ -4,16 +4,10 @@
 package clitest
 
 import (
-	"bytes"
-	"context"
-	"errors"
 	"net/url"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -42,30 +36,8 @@ func (r result) String() string {
 // the password.
 func cmd(t *testing.T, env []string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	c := exec.CommandContext(ctx, daemontest.Binary(t), args...)
-	for _, e := range os.Environ() {
-		name, _, _ := strings.Cut(e, "=")
-		switch name {
-		case "DATABASE_URL", "DATABASE_DIRECT_URL", "REFRESHERD_PIDFILE":
-			continue
-		}
-		c.Env = append(c.Env, e)
-	}
-	c.Env = append(c.Env, env...)
-	var stdout, stderr bytes.Buffer
-	c.Stdout, c.Stderr = &stdout, &stderr
-	err := c.Run()
-	r := result{stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("refresherd %v: %v", args, err)
-	}
+	dr := daemontest.Run(t, env, args...)
+	r := result{stdout: dr.Stdout, stderr: dr.Stderr, code: dr.Code}
 	if strings.Contains(r.stdout+r.stderr, secret) {
 		t.Errorf("refresherd %v printed the database password:\n%s", args, r)
 	}

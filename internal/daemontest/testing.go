@@ -1,9 +1,12 @@
 package daemontest
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -181,3 +184,45 @@ func SummaryView(query string) string {
     query: |
       ` + strings.ReplaceAll(query, "\n", "\n      ") + "\n"
 }
+
+// Result is one finished one-shot command.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// Run runs `refresherd ARGS` to completion with the environment's
+// DATABASE_URL, DATABASE_DIRECT_URL and REFRESHERD_PIDFILE dropped and env
+// added, so a test sees only what it passes. A command that cannot start
+// fails t; a non-zero exit is a Result.
+func Run(t testing.TB, env []string, args ...string) Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	c := exec.CommandContext(ctx, Binary(t), args...)
+	for _, e := range os.Environ() {
+		name, _, _ := strings.Cut(e, "=")
+		switch name {
+		case "DATABASE_URL", "DATABASE_DIRECT_URL", "REFRESHERD_PIDFILE":
+			continue
+		}
+		c.Env = append(c.Env, e)
+	}
+	c.Env = append(c.Env, env...)
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	err := c.Run()
+	r := Result{Stdout: stdout.String(), Stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.Code = ee.ExitCode()
+	default:
+		t.Fatalf("refresherd %v: %v", args, err)
+	}
+	return r
+}
+
+// commandTimeout bounds one one-shot command in tests.
+const commandTimeout = 3 * time.Minute

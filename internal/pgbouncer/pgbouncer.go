@@ -21,7 +21,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -104,12 +103,12 @@ func Start(ctx context.Context, serverURL string, opts Options) (*Bouncer, error
 	}
 	b := &Bouncer{bin: bin, logf: logf, done: make(chan struct{})}
 	if os.Geteuid() == 0 {
-		if b.cred, err = postgresCredential(); err != nil {
+		if b.cred, err = pgcluster.PostgresCredential(); err != nil {
 			return nil, fmt.Errorf("pgbouncer: start: %w", err)
 		}
 	}
 
-	base := tempBase(b.cred != nil)
+	base := pgcluster.TempBase(b.cred != nil)
 	reapStale(base, logf)
 	if b.dir, err = os.MkdirTemp(base, dirPrefix); err != nil {
 		return nil, fmt.Errorf("pgbouncer: start: %w", err)
@@ -135,7 +134,7 @@ func Start(ctx context.Context, serverURL string, opts Options) (*Bouncer, error
 	// bind; then pick another one.
 	t0 := time.Now()
 	for attempt := 0; ; attempt++ {
-		if b.port, err = freePort(); err != nil {
+		if b.port, err = pgcluster.FreePort(); err != nil {
 			return nil, fmt.Errorf("pgbouncer: start: %w", err)
 		}
 		if err := b.writeFile(iniFile, b.ini(server.Host, server.Port, mode)); err != nil {
@@ -262,7 +261,7 @@ func (b *Bouncer) launch(ctx context.Context, probeURL string) error {
 	// Not CommandContext: PgBouncer outlives Start's context.
 	cmd := exec.Command(b.bin, filepath.Join(b.dir, iniFile))
 	cmd.Dir = b.dir
-	cmd.Env = cleanEnv()
+	cmd.Env = pgcluster.CleanEnv()
 	cmd.Stdout, cmd.Stderr = out, out
 	// SIGKILL when the test process dies without Stop (a panic, go test
 	// -timeout), so no PgBouncer outlives it.
@@ -422,75 +421,6 @@ func findBinary() (string, error) {
 func isExecutable(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
-}
-
-func postgresCredential() (*syscall.Credential, error) {
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("running as root needs the OS user postgres (pgbouncer refuses root): %w", err)
-	}
-	uid, err := strconv.ParseUint(u.Uid, 10, 32)
-	if err != nil {
-		return nil, fmt.Errorf("uid of postgres: %w", err)
-	}
-	gid, err := strconv.ParseUint(u.Gid, 10, 32)
-	if err != nil {
-		return nil, fmt.Errorf("gid of postgres: %w", err)
-	}
-	// An empty Groups list drops root's supplementary groups in the child.
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
-}
-
-// cleanEnv drops PG* variables, which PgBouncer does not need.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-// tempBase picks the parent of the temp dir: $TMPDIR unless it is so long
-// that the unix socket path would not fit, or (as root) not reachable by the
-// postgres user.
-func tempBase(asRoot bool) string {
-	base := os.TempDir()
-	if len(base) > 64 || (asRoot && !othersCanTraverse(base)) {
-		return "/tmp"
-	}
-	return base
-}
-
-func othersCanTraverse(dir string) bool {
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return false
-	}
-	for {
-		fi, err := os.Stat(dir)
-		if err != nil || fi.Mode().Perm()&0o001 == 0 {
-			return false
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return true
-		}
-		dir = parent
-	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find free port: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		return 0, fmt.Errorf("find free port: %w", err)
-	}
-	return port, nil
 }
 
 // reapStale removes dirs under base left by test processes that died

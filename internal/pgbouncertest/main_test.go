@@ -7,11 +7,8 @@
 package pgbouncertest
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -93,27 +90,7 @@ func (r result) linesWith(prefix string) []string {
 // cmd runs `refresherd ARGS` with only the given database variables.
 func cmd(t *testing.T, env []string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	c := exec.CommandContext(ctx, daemontest.Binary(t), args...)
-	for _, e := range os.Environ() {
-		name, _, _ := strings.Cut(e, "=")
-		if name != "DATABASE_URL" && name != "DATABASE_DIRECT_URL" {
-			c.Env = append(c.Env, e)
-		}
-	}
-	c.Env = append(c.Env, env...)
-	var stdout, stderr bytes.Buffer
-	c.Stdout, c.Stderr = &stdout, &stderr
-	err := c.Run()
-	r := result{stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("refresherd %v: %v", args, err)
-	}
+	dr := daemontest.Run(t, env, args...)
+	r := result{stdout: dr.Stdout, stderr: dr.Stderr, code: dr.Code}
 	return r
 }

@@ -84,12 +84,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	c := &Cluster{binDir: binDir, logf: logf, settings: opts.Settings, fsyncOn: opts.FsyncOn}
 	if os.Geteuid() == 0 {
-		if c.cred, err = postgresCredential(); err != nil {
+		if c.cred, err = PostgresCredential(); err != nil {
 			return nil, fmt.Errorf("pgcluster: start: %w", err)
 		}
 	}
 
-	base := tempBase(c.cred != nil)
+	base := TempBase(c.cred != nil)
 	reapStale(base, logf)
 	c.baseDir, err = os.MkdirTemp(base, dirPrefix)
 	if err != nil {
@@ -121,7 +121,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	// bind; then pick another one.
 	var startErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		if c.port, err = freePort(); err != nil {
+		if c.port, err = FreePort(); err != nil {
 			return nil, fmt.Errorf("pgcluster: start: %w", err)
 		}
 		if err := c.writeConf(); err != nil {
@@ -331,7 +331,7 @@ func (c *Cluster) Psql(ctx context.Context, db string, args ...string) *exec.Cmd
 		}
 	}
 	cmd := exec.CommandContext(ctx, bin, append([]string{"-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", c.URL(db)}, args...)...)
-	cmd.Env = cleanEnv()
+	cmd.Env = CleanEnv()
 	return cmd
 }
 
@@ -468,7 +468,7 @@ func ping(ctx context.Context, url string) error {
 // the error.
 func (c *Cluster) run(ctx context.Context, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, filepath.Join(c.binDir, name), args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = CleanEnv()
 	// Without a working directory the owner can enter (root's cwd is often
 	// /root), initdb and pg_ctl fail.
 	c.RunAsOwner(cmd)
@@ -493,10 +493,13 @@ func (c *Cluster) chown(path string) error {
 	return nil
 }
 
-func postgresCredential() (*syscall.Credential, error) {
+// PostgresCredential is the OS user postgres's identity, for running
+// PostgreSQL's tools (and PgBouncer) as it when the caller is root: they
+// refuse to run as root.
+func PostgresCredential() (*syscall.Credential, error) {
 	u, err := user.Lookup("postgres")
 	if err != nil {
-		return nil, fmt.Errorf("running as root needs the OS user postgres (initdb refuses root): %w", err)
+		return nil, fmt.Errorf("running as root needs the OS user postgres (PostgreSQL and PgBouncer refuse root): %w", err)
 	}
 	uid, err := strconv.ParseUint(u.Uid, 10, 32)
 	if err != nil {
@@ -510,9 +513,9 @@ func postgresCredential() (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
 }
 
-// cleanEnv drops PG* variables (PGDATA, PGPORT, PGHOST, ...) that would
-// point our tools at another server.
-func cleanEnv() []string {
+// CleanEnv is the environment without PG* variables, which would point a
+// tool at another server.
+func CleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "PG") {
@@ -522,10 +525,10 @@ func cleanEnv() []string {
 	return env
 }
 
-// tempBase picks the parent of the cluster's temp dir: $TMPDIR unless it is so
-// long that the unix socket path would not fit, or (as root) not reachable by
-// the postgres user.
-func tempBase(asRoot bool) string {
+// TempBase picks the parent of a temp dir holding a unix socket: $TMPDIR
+// unless it is so long that the socket path would not fit, or (as root) not
+// reachable by the postgres user.
+func TempBase(asRoot bool) string {
 	base := os.TempDir()
 	// <base>/refresherd-pg-NNNNNNNNNN/.s.PGSQL.NNNNN.lock must stay under 107 bytes.
 	if len(base) > 64 || (asRoot && !othersCanTraverse(base)) {
@@ -552,7 +555,8 @@ func othersCanTraverse(dir string) bool {
 	}
 }
 
-func freePort() (int, error) {
+// FreePort returns a TCP port on 127.0.0.1 that is free now.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find free port: %w", err)

@@ -106,21 +106,6 @@ func TriggerNames(p Plan) []string {
 	return names
 }
 
-// cutName is name+suffix within PostgreSQL's 63-byte identifiers, name cut
-// at a character boundary (the server would cut it mid-character and then
-// our own later references would not match).
-func cutName(name, suffix string) string {
-	limit := 63 - len(suffix)
-	if len(name) > limit {
-		cut := limit
-		for cut > 0 && name[cut]&0xC0 == 0x80 { // a UTF-8 continuation byte
-			cut--
-		}
-		name = name[:cut]
-	}
-	return name + suffix
-}
-
 // ident quotes one identifier.
 func ident(s string) string { return pgx.Identifier{s}.Sanitize() }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh/relation"
 )
 
 // RebuildResult is what a Rebuild did.
@@ -75,7 +76,7 @@ func Rebuild(ctx context.Context, tx pgx.Tx, p Plan) (RebuildResult, error) {
 		if err := noDependents(ctx, tx, p.View); err != nil {
 			return res, fmt.Errorf("rebuild %s: %w", p.View, err)
 		}
-		target = p.View.WithName(cutName(p.View.Name, "_rfd_new"))
+		target = p.View.WithName(relation.CutName(p.View.Name, "_rfd_new"))
 	}
 
 	// The long part; readers of the current relation are not affected.
@@ -98,7 +99,7 @@ func Rebuild(ctx context.Context, tx pgx.Tx, p Plan) (RebuildResult, error) {
 		return res, fmt.Errorf("rebuild %s: analyze %s: %w", p.View, target, err)
 	}
 	if res.Replaced != "" {
-		if err := copyGrants(ctx, tx, p.View, target); err != nil {
+		if err := relation.CopyGrants(ctx, tx, p.View, target); err != nil {
 			return res, fmt.Errorf("rebuild %s: %w", p.View, err)
 		}
 	}
@@ -132,8 +133,8 @@ func Rebuild(ctx context.Context, tx pgx.Tx, p Plan) (RebuildResult, error) {
 		"ALTER TABLE " + target.Sanitized() + " RENAME TO " + ident(p.View.Name),
 	}
 	for _, suffix := range []string{summaryKeyIndexSuffix, summaryGroupIdxSuffix} {
-		from := config.QualifiedName{Schema: p.View.Schema, Name: cutName(p.View.Name, side+suffix)}
-		stmts = append(stmts, "ALTER INDEX IF EXISTS "+from.Sanitized()+" RENAME TO "+ident(cutName(p.View.Name, suffix)))
+		from := config.QualifiedName{Schema: p.View.Schema, Name: relation.CutName(p.View.Name, side+suffix)}
+		stmts = append(stmts, "ALTER INDEX IF EXISTS "+from.Sanitized()+" RENAME TO "+ident(relation.CutName(p.View.Name, suffix)))
 	}
 	for _, s := range stmts {
 		if _, err := tx.Exec(ctx, s); err != nil {
@@ -162,7 +163,7 @@ func indexSummary(ctx context.Context, tx pgx.Tx, p Plan, table config.Qualified
 			}
 		}
 	}
-	stmt := "CREATE UNIQUE INDEX " + ident(cutName(p.View.Name, side+summaryKeyIndexSuffix)) + " ON " + table.Sanitized() +
+	stmt := "CREATE UNIQUE INDEX " + ident(relation.CutName(p.View.Name, side+summaryKeyIndexSuffix)) + " ON " + table.Sanitized() +
 		" (" + strings.Join(quoteAll(p.UniqueKey), ", ") + ")" + nulls
 	if _, err := tx.Exec(ctx, stmt); err != nil {
 		return fmt.Errorf("index %s: %w", table, err)
@@ -183,7 +184,7 @@ func indexSummary(ctx context.Context, tx pgx.Tx, p Plan, table config.Qualified
 	if slices.Equal(sortedGroup, sortedUnique) {
 		return nil
 	}
-	stmt = "CREATE INDEX " + ident(cutName(p.View.Name, side+summaryGroupIdxSuffix)) + " ON " + table.Sanitized() +
+	stmt = "CREATE INDEX " + ident(relation.CutName(p.View.Name, side+summaryGroupIdxSuffix)) + " ON " + table.Sanitized() +
 		" (" + strings.Join(quoteAll(group), ", ") + ")"
 	if _, err := tx.Exec(ctx, stmt); err != nil {
 		return fmt.Errorf("index %s: %w", table, err)
@@ -211,52 +212,6 @@ func noDependents(ctx context.Context, tx pgx.Tx, rel config.QualifiedName) erro
 	}
 	if len(deps) > 0 {
 		return fmt.Errorf("%s depend(s) on %s: drop them (and recreate them after) to let refresherd rebuild it", strings.Join(deps, ", "), rel)
-	}
-	return nil
-}
-
-// copyGrants grants on to what was granted on from (table privileges,
-// other than the owner's own), so the app's roles can still read the
-// rebuilt summary.
-func copyGrants(ctx context.Context, tx pgx.Tx, from, to config.QualifiedName) error {
-	rows, err := tx.Query(ctx, `SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END,
-			a.privilege_type, a.is_grantable
-		FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
-		WHERE c.oid = pg_catalog.to_regclass($1) AND a.grantee <> c.relowner
-		ORDER BY 1, 2`, from.Sanitized())
-	if err != nil {
-		return fmt.Errorf("read grants of %s: %w", from, err)
-	}
-	type grant struct {
-		role      *string
-		privilege string
-		option    bool
-	}
-	grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (grant, error) {
-		var g grant
-		err := r.Scan(&g.role, &g.privilege, &g.option)
-		return g, err
-	})
-	if err != nil {
-		return fmt.Errorf("read grants of %s: %w", from, err)
-	}
-	// Privilege names go into the statement: only known ones.
-	known := []string{"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"}
-	for _, g := range grants {
-		if !slices.Contains(known, g.privilege) {
-			continue
-		}
-		grantee := "PUBLIC"
-		if g.role != nil {
-			grantee = ident(*g.role)
-		}
-		stmt := "GRANT " + g.privilege + " ON " + to.Sanitized() + " TO " + grantee
-		if g.option {
-			stmt += " WITH GRANT OPTION"
-		}
-		if _, err := tx.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("copy grant to %s: %s: %w", to, stmt, err)
-		}
 	}
 	return nil
 }

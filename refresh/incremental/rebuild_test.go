@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/refresherd/refresherd/refresh/relation"
 )
 
 // fullStrategyView makes the summary as the full strategy does: a
@@ -22,7 +23,7 @@ import (
 func fullStrategyView(t *testing.T, pool *pgxpool.Pool, p Plan) {
 	t.Helper()
 	mustExec(t, pool, `CREATE MATERIALIZED VIEW `+p.View.Sanitized()+` AS `+p.Query)
-	mustExec(t, pool, `CREATE UNIQUE INDEX `+ident(cutName(p.View.Name, "_refresherd_key"))+` ON `+p.View.Sanitized()+` (id)`)
+	mustExec(t, pool, `CREATE UNIQUE INDEX `+ident(relation.CutName(p.View.Name, "_refresherd_key"))+` ON `+p.View.Sanitized()+` (id)`)
 }
 
 func appRole(t *testing.T, pool *pgxpool.Pool) string {
@@ -158,8 +159,8 @@ func TestCutName(t *testing.T) {
 		{strings.Repeat("a", 63), "_rfd_new", strings.Repeat("a", 55) + "_rfd_new"},
 		{strings.Repeat("é", 31) + "x", "_rfd_new", strings.Repeat("é", 27) + "_rfd_new"}, // 55 bytes would split an é
 	} {
-		if got := cutName(c.name, c.suffix); got != c.want || len(got) > 63 {
-			t.Errorf("cutName(%q, %q) = %q, want %q", c.name, c.suffix, got, c.want)
+		if got := relation.CutName(c.name, c.suffix); got != c.want || len(got) > 63 {
+			t.Errorf("relation.CutName(%q, %q) = %q, want %q", c.name, c.suffix, got, c.want)
 		}
 	}
 }
