@@ -694,7 +694,7 @@ INSERT INTO app_charge (type, amount, month, user_id, job_id) VALUES ('sw', 56.7
 
 // writerSteps measure insert throughput per change-detection mode. Each
 // mode has its own copy of the data and its own daemon running with that
-// change_detection (debounce, max_delay and the schedule raised so no
+// change_detection (debounce, max_delay and the schedule raised, target_lag off, so no
 // refresh competes with the writers: refresh cost is measured separately),
 // all started and settled first and kept running, listening or polling,
 // throughout. Then, per round and client count, the modes run back to back
@@ -802,7 +802,7 @@ func (s *sizeEnv) writerSteps() []step {
 func (s *sizeEnv) writerDaemon(ctx context.Context, m *results.WriterMode) error {
 	db := s.writerDBs[m.Mode]
 	ms, err := s.startModeDaemon(ctx, "config-"+m.Mode+".yaml", db, m.Mode, [][2]string{
-		{"change_detection", m.Mode}, {"debounce", "1h"}, {"max_delay", "1h"}, {"schedule", "@every 24h"},
+		{"change_detection", m.Mode}, {"debounce", "1h"}, {"max_delay", "1h"}, {"target_lag", "0s"}, {"schedule", "@every 24h"},
 	}, func(d *daemon) { s.writerDaemons[m.Mode] = d })
 	m.ConfigDiff = ms.diff
 	if err != nil {
