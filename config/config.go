@@ -260,9 +260,6 @@ type decoder struct {
 	err    error
 	// urlLine is where database.url is set, for the "no database URL" error.
 	urlLine int
-	// defaultDebounce: refresh.debounce is set (incremental views keep it
-	// rather than IncrementalDebounce).
-	defaultDebounce bool
 }
 
 func (d *decoder) fail(n *yaml.Node, key, format string, args ...any) {
@@ -370,11 +367,8 @@ func (d *decoder) decode(data []byte) (*Config, error) {
 				d.fail(n, p, "expected an integer >= 1, got %d", cfg.MaxConcurrentRefreshes)
 			}
 		},
-		"refresh": func(n *yaml.Node, p string) {
-			d.settings(n, p, &defaults)
-			d.defaultDebounce = n.Kind == yaml.MappingNode && lookup(n, "debounce") != nil
-		},
-		"views": func(n *yaml.Node, _ string) { viewsNode = n },
+		"refresh": func(n *yaml.Node, p string) { d.settings(n, p, &defaults) },
+		"views":   func(n *yaml.Node, _ string) { viewsNode = n },
 	})
 	if d.err == nil && viewsNode == nil {
 		d.fail(root, "views", "no views configured: add at least one under views:")
@@ -838,8 +832,14 @@ func (d *decoder) views(n *yaml.Node, defaults Settings) []View {
 				return nil
 			}
 		}
-		if v.Strategy != StrategyFull && lookup(vn, "debounce") == nil && !d.defaultDebounce {
+		// refresh.debounce is a quiet period for full refreshes; for a round
+		// it would only add lag (it counts from the first change), so an
+		// incremental view takes a debounce only from its own entry.
+		if v.Strategy != StrategyFull && lookup(vn, "debounce") == nil {
 			v.Debounce = IncrementalDebounce
+			if v.MaxDelay < v.Debounce {
+				v.MaxDelay = v.Debounce
+			}
 		}
 		if v.Strategy == StrategyIncremental {
 			v.ChangeDetection = DetectCapture

@@ -918,7 +918,7 @@ func TestStrategyKeys(t *testing.T) {
 		{name: "incremental", src: head + "    strategy: incremental\n", strategy: config.StrategyIncremental, detect: config.DetectCapture, debounce: config.IncrementalDebounce},
 		{name: "auto keeps the detector for a fallback", src: withSources + "    strategy: auto\n", strategy: config.StrategyAuto, detect: config.DetectNotify, debounce: config.IncrementalDebounce},
 		{name: "debounce set on the view", src: head + "    strategy: incremental\n    debounce: 200ms\n", strategy: config.StrategyIncremental, detect: config.DetectCapture, debounce: 200 * time.Millisecond},
-		{name: "debounce set under refresh", src: head + "    strategy: incremental\nrefresh: {debounce: 300ms}\n", strategy: config.StrategyIncremental, detect: config.DetectCapture, debounce: 300 * time.Millisecond},
+		{name: "refresh.debounce is for full views", src: head + "    strategy: incremental\nrefresh: {debounce: 300ms}\n", strategy: config.StrategyIncremental, detect: config.DetectCapture, debounce: config.IncrementalDebounce},
 		{name: "strategy under refresh", src: head + "refresh: {strategy: incremental}\n", strategy: config.StrategyIncremental, detect: config.DetectCapture, debounce: config.IncrementalDebounce},
 		{name: "group key", src: withSources + "    strategy: auto\n    group_key: [user_id, \"Job\"]\n", strategy: config.StrategyAuto, detect: config.DetectNotify, debounce: config.IncrementalDebounce, groupKey: []string{"user_id", "Job"}},
 		{name: "bad strategy", src: head + "    strategy: fast\n", wantErr: `t.yaml:6: views[0] (public.a).strategy: expected full, incremental or auto, got "fast"`},
