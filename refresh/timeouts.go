@@ -95,6 +95,12 @@ const (
 	triggerSyncTimeout = time.Minute
 	// manualPassTimeout bounds passing a manual refresh to the leader.
 	manualPassTimeout = 5 * time.Second
+	// doorbellRingGap: under a steady stream of writes, notify's doorbell
+	// is rung as soon as it is re-armed; its drains come at most this
+	// often then (each about 0.1-1 ms of database time), which also bounds
+	// the delay they add to a change's detection. A ring after a quiet
+	// spell is answered at once.
+	doorbellRingGap = 20 * time.Millisecond
 	// upstreamSetupWait: a view whose declared upstream is not set up yet
 	// looks again this soon.
 	upstreamSetupWait = 200 * time.Millisecond
