@@ -32,8 +32,9 @@ const (
 // changelogPollSQL drains the change log in one statement and returns, per
 // source table, the oldest change time, plus whether the detector's sentinel
 // ($1) is still there. A row committed after the statement's snapshot is not
-// seen, so not deleted: the next poll gets it. A concurrent drainer (an
-// outgoing leader) skips the rows this one deleted, and the other way round.
+// seen, so not deleted: the next poll gets it. A concurrent drainer (the
+// other mode's detector, an outgoing leader) skips the rows this one
+// deleted, and the other way round.
 const changelogPollSQL = `WITH drained AS (
 	DELETE FROM refresherd.changelog
 	RETURNING source_schema, source_table, changed_at
@@ -162,7 +163,7 @@ func (d *changelogDetector) poll(ctx context.Context, r pollRound, sink changeSi
 	for i := range schemas {
 		src := config.QualifiedName{Schema: schemas[i], Name: tables[i]}
 		if !sink.SourceChanged(d.detection, src, oldest[i], seen) {
-			d.log.Debug("change log names a table no view watches with its mode", zap.Stringer("table", src))
+			d.log.Debug("change log names a table no notify or changelog view watches", zap.Stringer("table", src))
 		}
 	}
 	var res pollResult

@@ -97,10 +97,13 @@ const (
 	manualPassTimeout = 5 * time.Second
 	// doorbellRingGap: under a steady stream of writes, notify's doorbell
 	// is rung as soon as it is re-armed; its drains come at most this
-	// often then (each about 0.1-1 ms of database time), which also bounds
-	// the delay they add to a change's detection. A ring after a quiet
-	// spell is answered at once.
-	doorbellRingGap = 20 * time.Millisecond
+	// often then, which is also the most they add to a change's detection.
+	// Each drain costs about 0.1 ms of database time plus 2 us per row, and
+	// the daemon about 0.6 ms of CPU (measured: 20 ms cost 3% of a CPU more
+	// than changelog's 5 polls a second at 50 commits/s). A ring after a
+	// quiet spell is answered at once, and under sustained writes the
+	// debounce, not detection, decides when a refresh starts.
+	doorbellRingGap = 50 * time.Millisecond
 	// upstreamSetupWait: a view whose declared upstream is not set up yet
 	// looks again this soon.
 	upstreamSetupWait = 200 * time.Millisecond
