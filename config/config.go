@@ -43,8 +43,8 @@ const (
 	DetectNone = "none"
 )
 
-// DefaultPollInterval is how often the changelog and stats detectors poll,
-// and notify's drains the log when no ring comes, when poll_interval is not
+// DefaultPollInterval is how often the changelog and stats detectors poll
+// (and notify's drains the log when no ring came) when poll_interval is not
 // set.
 const DefaultPollInterval = 200 * time.Millisecond
 

@@ -95,6 +95,9 @@ const (
 	triggerSyncTimeout = time.Minute
 	// manualPassTimeout bounds passing a manual refresh to the leader.
 	manualPassTimeout = 5 * time.Second
+	// upstreamSetupWait: a view whose declared upstream is not set up yet
+	// looks again this soon.
+	upstreamSetupWait = 200 * time.Millisecond
 	// doorbellRingGap: under a steady stream of writes, notify's doorbell
 	// is rung as soon as it is re-armed; its drains come at most this
 	// often then, which is also the most they add to a change's detection.
@@ -104,7 +107,4 @@ const (
 	// ring after a quiet spell is answered at once, and under sustained
 	// writes the debounce, not detection, decides when a refresh starts.
 	doorbellRingGap = 50 * time.Millisecond
-	// upstreamSetupWait: a view whose declared upstream is not set up yet
-	// looks again this soon.
-	upstreamSetupWait = 200 * time.Millisecond
 )
