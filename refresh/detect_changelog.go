@@ -3,6 +3,7 @@ package refresh
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -31,8 +32,9 @@ const (
 // changelogPollSQL drains the change log in one statement and returns, per
 // source table, the oldest change time, plus whether the detector's sentinel
 // ($1) is still there. A row committed after the statement's snapshot is not
-// seen, so not deleted: the next poll gets it. A concurrent drainer (an
-// outgoing leader) skips the rows this one deleted, and the other way round.
+// seen, so not deleted: the next poll gets it. A concurrent drainer (the
+// other mode's detector, an outgoing leader) skips the rows this one
+// deleted, and the other way round.
 const changelogPollSQL = `WITH drained AS (
 	DELETE FROM refresherd.changelog
 	RETURNING source_schema, source_table, changed_at
@@ -47,11 +49,61 @@ SELECT EXISTS (SELECT FROM refresherd.detector_sentinel WHERE detector = $1),
 	coalesce(sum(n), 0)::int8
 FROM per_table`
 
-// changelogDetector drains refresherd.changelog, which the changelog trigger
-// appends to (see sql/schema.sql).
+// armDoorbellSQL arms the notify trigger's doorbell (see sql/schema.sql),
+// unless it is armed already.
+const armDoorbellSQL = `SELECT pg_catalog.setval('refresherd.doorbell', 1, false) FROM refresherd.doorbell WHERE is_called`
+
+// logModes are the change detection modes whose triggers append to the one
+// change log, refresherd.changelog: notify's (which also rings the doorbell)
+// and changelog's. A drain takes every row, whichever mode's detector runs
+// it.
+var logModes = []string{config.DetectNotify, config.DetectChangelog}
+
+// logSink passes what a detector draining the change log tells it on to
+// every mode in logModes: a drain takes the rows of a table watched in
+// either mode (each reaches the views watching that table, whichever mode
+// drained it), and a failed drain may have lost rows of either.
+type logSink struct{ changeSink }
+
+func (s logSink) SourceChanged(_ string, src config.QualifiedName, at, seen time.Time) bool {
+	watched := false
+	for _, m := range logModes {
+		watched = s.changeSink.SourceChanged(m, src, at, seen) || watched
+	}
+	return watched
+}
+
+func (s logSink) ChangesMissed(_ string, since time.Time) {
+	for _, m := range logModes {
+		s.changeSink.ChangesMissed(m, since)
+	}
+}
+
+func (s logSink) ChangesUnseen(_ string, since time.Time) {
+	for _, m := range logModes {
+		s.changeSink.ChangesUnseen(m, since)
+	}
+}
+
+// pollerSink is the sink of mode's poller.
+func (e *Engine) pollerSink(mode string) changeSink {
+	if slices.Contains(logModes, mode) {
+		return logSink{e}
+	}
+	return e
+}
+
+// changelogDetector drains refresherd.changelog, which the changelog and
+// notify triggers append to (see sql/schema.sql). The changelog mode polls
+// it; the notify mode's doorbell detector is the same drain, arming the
+// doorbell first.
 type changelogDetector struct {
 	pool *pgxpool.Pool
 	log  *zap.Logger
+	// detection is the mode the detector serves: its sentinel's name.
+	detection string
+	// arm: arm the doorbell before each drain (notify).
+	arm bool
 
 	drainedSinceVacuum int64
 	lastVacuum         time.Time
@@ -59,10 +111,22 @@ type changelogDetector struct {
 }
 
 func newChangelogDetector(pool *pgxpool.Pool, log *zap.Logger) *changelogDetector {
-	return &changelogDetector{pool: pool, log: log, lastVacuum: time.Now()}
+	return &changelogDetector{pool: pool, log: log, detection: config.DetectChangelog, lastVacuum: time.Now()}
 }
 
-func (d *changelogDetector) mode() string { return config.DetectChangelog }
+// newDoorbellDetector is the drain of notify: each poll arms the doorbell,
+// then drains. In that order, a writer that found the doorbell disarmed
+// (and did not ring) and committed before the poll's snapshot is drained by
+// this poll, and one that finds it armed rings for the next poll. Only a
+// transaction that found it disarmed and commits after the snapshot waits
+// for a later poll: the next ring's, or the fallback poll's.
+func newDoorbellDetector(pool *pgxpool.Pool, log *zap.Logger) *changelogDetector {
+	d := newChangelogDetector(pool, log)
+	d.detection, d.arm = config.DetectNotify, true
+	return d
+}
+
+func (d *changelogDetector) mode() string { return d.detection }
 
 // blindSince: a successful poll drained everything committed before its
 // snapshot, which is taken after its start.
@@ -79,8 +143,18 @@ func (d *changelogDetector) poll(ctx context.Context, r pollRound, sink changeSi
 		oldest          []time.Time
 		drained         int64
 	)
-	if err := d.pool.QueryRow(ctx, changelogPollSQL, config.DetectChangelog).
-		Scan(&sentinel, &schemas, &tables, &oldest, &drained); err != nil {
+	scan := func(row pgx.Row) error { return row.Scan(&sentinel, &schemas, &tables, &oldest, &drained) }
+	var err error
+	if d.arm {
+		// One round trip; the drain's snapshot is taken after the arm.
+		b := &pgx.Batch{}
+		b.Queue(armDoorbellSQL)
+		b.Queue(changelogPollSQL, d.detection).QueryRow(scan)
+		err = d.pool.SendBatch(ctx, b).Close()
+	} else {
+		err = scan(d.pool.QueryRow(ctx, changelogPollSQL, d.detection))
+	}
+	if err != nil {
 		return pollResult{}, fmt.Errorf("poll change log: %w", err)
 	}
 	seen := time.Now()
@@ -88,8 +162,8 @@ func (d *changelogDetector) poll(ctx context.Context, r pollRound, sink changeSi
 	// can fail.
 	for i := range schemas {
 		src := config.QualifiedName{Schema: schemas[i], Name: tables[i]}
-		if !sink.SourceChanged(config.DetectChangelog, src, oldest[i], seen) {
-			d.log.Debug("change log names a table no changelog view watches", zap.Stringer("table", src))
+		if !sink.SourceChanged(d.detection, src, oldest[i], seen) {
+			d.log.Debug("change log names a table no notify or changelog view watches", zap.Stringer("table", src))
 		}
 	}
 	var res pollResult
@@ -99,7 +173,7 @@ func (d *changelogDetector) poll(ctx context.Context, r pollRound, sink changeSi
 		// rows. Put the sentinel back so the next loss shows too.
 		res.lost = true
 		if _, err := d.pool.Exec(ctx, `INSERT INTO refresherd.detector_sentinel (detector) VALUES ($1) ON CONFLICT DO NOTHING`,
-			config.DetectChangelog); err != nil {
+			d.detection); err != nil {
 			return res, fmt.Errorf("poll change log: set sentinel: %w", err)
 		}
 	}

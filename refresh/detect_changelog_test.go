@@ -22,13 +22,32 @@ var srcName = config.QualifiedName{Schema: "public", Name: "src"}
 // trigger, and a detector on it.
 func changelogSetup(t *testing.T) (*pgxpool.Pool, *changelogDetector) {
 	t.Helper()
+	return logSetup(t, config.DetectChangelog)
+}
+
+// logSetup gives a database whose public.src carries the trigger of mode,
+// one of logModes (both append to the change log), and mode's detector on
+// it: the changelog poller's, or notify's doorbell drain.
+func logSetup(t *testing.T, mode string) (*pgxpool.Pool, *changelogDetector) {
+	t.Helper()
 	pool := testPool(t)
 	v := testView(t, "public.sums", sumQuery)
-	v.ChangeDetection = config.DetectChangelog
+	v.ChangeDetection = mode
 	if err := EnsureTriggers(context.Background(), pool, []config.View{*v}); err != nil {
 		t.Fatal(err)
 	}
+	if mode == config.DetectNotify {
+		return pool, newDoorbellDetector(pool, zaptest.NewLogger(t))
+	}
 	return pool, newChangelogDetector(pool, zaptest.NewLogger(t))
+}
+
+// forLogModes runs test once per mode whose trigger appends to the change
+// log: what it checks of the log holds for both.
+func forLogModes(t *testing.T, test func(t *testing.T, mode string)) {
+	for _, mode := range logModes {
+		t.Run(mode, func(t *testing.T) { test(t, mode) })
+	}
 }
 
 // pollOnce polls d once as the poller would after a poll at prev.
@@ -52,9 +71,11 @@ func logRows(t *testing.T, pool *pgxpool.Pool) int {
 	return n
 }
 
-func TestChangelogDetectsWrites(t *testing.T) {
+func TestChangelogDetectsWrites(t *testing.T) { forLogModes(t, testLogDetectsWrites) }
+
+func testLogDetectsWrites(t *testing.T, mode string) {
 	ctx := context.Background()
-	pool, d := changelogSetup(t)
+	pool, d := logSetup(t, mode)
 
 	// First poll: the sentinel is not there yet (a fresh database looks like
 	// one after a crash), nothing is logged.
@@ -86,7 +107,7 @@ func TestChangelogDetectsWrites(t *testing.T) {
 			t.Fatalf("%s: %+v, events %+v; want one change", sql, res, evs)
 		}
 		ev := evs[0]
-		if ev.kind != "changed" || ev.mode != config.DetectChangelog || ev.src != srcName {
+		if ev.kind != "changed" || ev.mode != mode || ev.src != srcName {
 			t.Errorf("%s: event %+v", sql, ev)
 		}
 		// Dated at the transaction's start: never after the commit.
@@ -101,9 +122,11 @@ func TestChangelogDetectsWrites(t *testing.T) {
 	}
 }
 
-func TestChangelogTransactions(t *testing.T) {
+func TestChangelogTransactions(t *testing.T) { forLogModes(t, testLogTransactions) }
+
+func testLogTransactions(t *testing.T, mode string) {
 	ctx := context.Background()
-	pool, d := changelogSetup(t)
+	pool, d := logSetup(t, mode)
 	_, _, prev := pollOnce(t, d, time.Time{})
 
 	exec := func(sqls ...string) {
@@ -171,16 +194,22 @@ func TestChangelogTransactions(t *testing.T) {
 }
 
 // TestChangelogWriterNeedsNoPrivileges: the app's role writes through the
-// trigger without any grant on the refresherd schema.
+// trigger without any grant on the refresherd schema; with notify's, it
+// also reads and disarms the doorbell and rings it.
 func TestChangelogWriterNeedsNoPrivileges(t *testing.T) {
+	forLogModes(t, testLogWriterNeedsNoPrivileges)
+}
+
+func testLogWriterNeedsNoPrivileges(t *testing.T, mode string) {
 	ctx := context.Background()
-	pool, d := changelogSetup(t)
-	_, _, prev := pollOnce(t, d, time.Time{})
-	b := make([]byte, 4)
-	if _, err := rand.Read(b); err != nil {
+	pool, d := logSetup(t, mode)
+	b := listenBell(t, pool)
+	_, _, prev := pollOnce(t, d, time.Time{}) // arms the doorbell
+	rb := make([]byte, 4)
+	if _, err := rand.Read(rb); err != nil {
 		t.Fatal(err)
 	}
-	role := pgx.Identifier{"rd_app_" + hex.EncodeToString(b)}.Sanitize()
+	role := pgx.Identifier{"rd_app_" + hex.EncodeToString(rb)}.Sanitize()
 	mustExec(t, pool, `CREATE ROLE `+role)
 	t.Cleanup(func() {
 		mustExec(t, pool, `REVOKE ALL ON public.src FROM `+role)
@@ -196,23 +225,56 @@ func TestChangelogWriterNeedsNoPrivileges(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("write as an unprivileged role: %v", err)
 	}
+	if got, want := b.rings(), ringsFor(mode); got != want {
+		t.Errorf("doorbell rang %d times, want %d", got, want)
+	}
 	if _, evs, _ := pollOnce(t, d, prev); len(evs) != 1 {
 		t.Fatalf("events %v, want one change", kindsOf(evs))
 	}
 }
 
-// TestChangelogIgnoresWriterSearchPath: the trigger function has no SET
-// search_path (see sql/schema.sql), so it must resolve nothing through the
+// ringsFor is how often a write rings an armed doorbell with mode's trigger.
+func ringsFor(mode string) int {
+	if mode == config.DetectNotify {
+		return 1
+	}
+	return 0
+}
+
+// TestChangelogIgnoresWriterSearchPath: the trigger functions have no SET
+// search_path (see sql/schema.sql), so they must resolve nothing through the
 // writer's: a writer whose search_path is empty, or puts a schema with look-
-// alike objects first, still logs into refresherd.changelog and nowhere else.
+// alike objects first, still logs into refresherd.changelog and nowhere
+// else, and notify's rings the doorbell once, through pg_catalog's
+// functions, not look-alikes that would record the call (or, for the
+// doorbell's read, say "armed" every time).
 func TestChangelogIgnoresWriterSearchPath(t *testing.T) {
+	forLogModes(t, testLogIgnoresWriterSearchPath)
+}
+
+func testLogIgnoresWriterSearchPath(t *testing.T, mode string) {
 	ctx := context.Background()
-	pool, d := changelogSetup(t)
+	pool, d := logSetup(t, mode)
+	b := listenBell(t, pool)
 	_, _, prev := pollOnce(t, d, time.Time{})
 	mustExec(t, pool, `CREATE SCHEMA IF NOT EXISTS lookalike`)
 	t.Cleanup(func() { mustExec(t, pool, `DROP SCHEMA lookalike CASCADE`) })
 	mustExec(t, pool, `CREATE TABLE lookalike.changelog (source_schema text, source_table text, changed_at timestamptz)`)
 	mustExec(t, pool, `CREATE FUNCTION lookalike.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'epoch'::timestamptz $$`)
+	mustExec(t, pool, `CREATE SEQUENCE lookalike.doorbell`)
+	mustExec(t, pool, `CREATE TABLE lookalike.calls (fn text)`)
+	for _, fn := range []struct{ name, args, ret string }{
+		{"pg_sequence_last_value", "regclass", "bigint"}, // NULL: armed
+		{"nextval", "regclass", "bigint"},
+		{"pg_notify", "text, text", "void"},
+	} {
+		ret := "RETURN NULL;"
+		if fn.ret == "void" {
+			ret = "RETURN;"
+		}
+		mustExec(t, pool, `CREATE FUNCTION lookalike.`+fn.name+`(`+fn.args+`) RETURNS `+fn.ret+` LANGUAGE plpgsql AS $$
+			BEGIN INSERT INTO lookalike.calls VALUES ('`+fn.name+`'); `+ret+` END $$`)
+	}
 
 	for _, path := range []string{`''`, `lookalike, pg_catalog, public`, `pg_temp, lookalike, public`} {
 		t.Run(path, func(t *testing.T) {
@@ -238,6 +300,16 @@ func TestChangelogIgnoresWriterSearchPath(t *testing.T) {
 			}
 			if n != 0 {
 				t.Errorf("lookalike.changelog: %d rows, want 0", n)
+			}
+			var calls []string
+			if err := pool.QueryRow(ctx, `SELECT coalesce(array_agg(fn), '{}') FROM lookalike.calls`).Scan(&calls); err != nil {
+				t.Fatal(err)
+			}
+			if len(calls) != 0 {
+				t.Errorf("look-alike functions called: %v", calls)
+			}
+			if got, want := b.rings(), ringsFor(mode); got != want {
+				t.Errorf("doorbell rang %d times, want %d", got, want)
 			}
 			var evs []sinkEvent
 			_, evs, prev = pollOnce(t, d, prev)

@@ -112,16 +112,16 @@ func writeAndFlush(t *testing.T, pool *pgxpool.Pool, sql string, rollback bool) 
 // settled waits until every detector of e has looked past this moment and
 // every view is idle with nothing owed: whatever the writes before it cause
 // has happened. Notify: a notification naming no watched table, sent now,
-// is counted as ignored once the listener got everything before it. The
-// pollers: two more successful polls (the first may have started before
-// now). Stats changes show in the counters only once the writer flushed
+// is counted as ignored once the listener got every ring before it. The
+// pollers (notify's doorbell poller too): two more successful polls (the
+// first may have started before now). Stats changes show in the counters only once the writer flushed
 // them, which writeAndFlush forces at commit.
 func settled(t *testing.T, e *Engine, pool *pgxpool.Pool) {
 	t.Helper()
 	ignored := testutil.ToFloat64(e.m.NotificationsIgnored)
 	mustExec(t, pool, `SELECT pg_notify($1, '{"schema":"public","table":"settle_marker","ts":0}')`, dbsql.NotifyChannel)
 	polls := map[string]int{}
-	for _, m := range []string{config.DetectChangelog, config.DetectStats} {
+	for _, m := range []string{config.DetectNotify, config.DetectChangelog, config.DetectStats} {
 		polls[m] = e.pollCount(m)
 	}
 	waitFor(t, 10*time.Second, "detectors to see past now and the views to be idle", func() bool {

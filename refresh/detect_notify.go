@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -12,13 +13,21 @@ import (
 	dbsql "github.com/refresherd/refresherd/sql"
 )
 
-// notifyDetector is the notify change detection mode: the statement
-// trigger's NOTIFY reaches the term's one LISTEN connection. That
+// notifyDetector is the notify change detection mode. The notify trigger
+// appends to the change log as changelog's does and rings a doorbell (a
+// NOTIFY) only when the daemon has armed it (see sql/schema.sql), so few
+// commits notify. The doorbell poller re-arms it and drains the log at
+// every ring, and every poll_interval as the fallback for a ring that
+// never came (its writer rolled back, or found the doorbell disarmed and
+// committed after the drain that another's ring caused). Rings reach the
+// term's one LISTEN connection. That
 // connection is also the term's wake-up: after its first LISTEN the term
 // starts (no change can fall between the LISTEN and the start-up
 // catch-up), and it carries manual requests passed on by followers.
 type notifyDetector struct {
 	listener *Listener
+	doorbell *poller
+	wake     chan struct{} // the doorbell poller's, one slot
 	sink     changeSink
 	// ignored counts a notification that names nothing watched.
 	ignored func()
@@ -30,12 +39,16 @@ type notifyDetector struct {
 func (e *Engine) notifyDetector(t *term) *notifyDetector {
 	d := &notifyDetector{
 		sink:    e,
+		wake:    make(chan struct{}, 1),
 		ignored: e.m.NotificationsIgnored.Inc,
 		control: func() {
 			e.log.Info("manual refresh requested through the database")
 			e.RefreshAll()
 		},
 	}
+	log := e.log.Named("detector").With(zap.String("change_detection", config.DetectNotify))
+	d.doorbell = e.newPoller(newDoorbellDetector(e.pool, log), log)
+	d.doorbell.wake, d.doorbell.ringGap = d.wake, doorbellRingGap
 	first := true
 	d.listener = &Listener{
 		ConnConfig: e.sessionCfg,
@@ -46,6 +59,9 @@ func (e *Engine) notifyDetector(t *term) *notifyDetector {
 		OnConnect: func(lastGood time.Time) {
 			e.setListener(true)
 			e.checkHealthSoon()
+			// A ring sent while no one listened left the doorbell disarmed:
+			// re-arm it now rather than at the fallback poll.
+			d.ring()
 			if first {
 				// LISTEN first, then mark the catch-up, then let workers
 				// set up and refresh: no change can fall in between.
@@ -69,10 +85,27 @@ func (e *Engine) notifyDetector(t *term) *notifyDetector {
 
 func (d *notifyDetector) mode() string { return config.DetectNotify }
 
-func (d *notifyDetector) run(ctx context.Context) { d.listener.Run(ctx) }
+func (d *notifyDetector) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { d.listener.Run(ctx) })
+	wg.Go(func() { d.doorbell.run(ctx) })
+	wg.Wait()
+}
 
-// notification is the payload of the change trigger, or a control message
-// (op "refresh") sent by a replica that received SIGUSR1.
+// ring wakes the doorbell poller; it never blocks, and rings while a poll
+// is pending make one poll.
+func (d *notifyDetector) ring() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// notification is the payload of the notify trigger (op "doorbell"), a
+// control message (op "refresh") sent by a replica that received SIGUSR1,
+// or a change of one table (schema, table, ts), as the trigger function of
+// versions before the doorbell sent: a replica of such a version starting
+// during a rolling upgrade puts that function back.
 type notification struct {
 	Schema string   `json:"schema"`
 	Table  string   `json:"table"`
@@ -89,8 +122,12 @@ func (d *notifyDetector) notified(payload string, received time.Time) {
 		d.listener.Log.Debug("ignored notification: not JSON", zap.Int("bytes", len(payload)))
 		return
 	}
-	if n.Op == "refresh" {
+	switch n.Op {
+	case "refresh":
 		d.control()
+		return
+	case dbsql.DoorbellOp:
+		d.ring()
 		return
 	}
 	if n.TS == nil || math.IsNaN(*n.TS) || math.IsInf(*n.TS, 0) {

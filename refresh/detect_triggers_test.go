@@ -10,7 +10,9 @@ import (
 )
 
 // TestEnsureTriggersFollowsModes switches the views on shared tables between
-// modes: each table ends with exactly the union of what its views need.
+// modes: each table ends with exactly the union of what its views need,
+// where the notify trigger (which appends to the change log too) covers a
+// changelog view's need.
 func TestEnsureTriggersFollowsModes(t *testing.T) {
 	ctx := context.Background()
 	pool := testPool(t)
@@ -38,12 +40,13 @@ func TestEnsureTriggersFollowsModes(t *testing.T) {
 		{"changelog", []config.View{view("a", config.DetectChangelog)}, []string{changelog}, nil},
 		{"stats", []config.View{view("a", config.DetectStats)}, nil, nil},
 		{"none", []config.View{view("a", config.DetectNone)}, nil, nil},
-		{"notify and changelog views on one table", []config.View{
+		{"a changelog view", []config.View{view("b", config.DetectChangelog, srcName, other)}, []string{changelog}, []string{changelog}},
+		{"notify and changelog views on one table: the notify trigger serves both", []config.View{
 			view("a", config.DetectNotify), view("b", config.DetectChangelog, srcName, other),
-		}, []string{changelog, notify}, []string{changelog}},
+		}, []string{notify}, []string{changelog}},
 		{"a stats view besides them changes nothing", []config.View{
 			view("a", config.DetectNotify), view("b", config.DetectChangelog, srcName, other), view("c", config.DetectStats, other),
-		}, []string{changelog, notify}, []string{changelog}},
+		}, []string{notify}, []string{changelog}},
 		{"the notify view goes", []config.View{view("b", config.DetectChangelog, srcName, other)}, []string{changelog}, []string{changelog}},
 		{"no view lists the tables any more", []config.View{view("c", config.DetectNone, other)}, nil, nil},
 	}
@@ -60,7 +63,8 @@ func TestEnsureTriggersFollowsModes(t *testing.T) {
 	}
 
 	// EnsureView only adds: a changelog view's set-up leaves the notify
-	// trigger another view may need, and EnsureTriggers removes it if none does.
+	// trigger another view may need, and needs no trigger of its own beside
+	// it; EnsureTriggers replaces it if no view needs it.
 	if err := EnsureTriggers(ctx, pool, []config.View{view("a", config.DetectNotify)}); err != nil {
 		t.Fatal(err)
 	}
@@ -68,8 +72,28 @@ func TestEnsureTriggersFollowsModes(t *testing.T) {
 	if _, err := EnsureView(ctx, pool, &cl); err != nil {
 		t.Fatal(err)
 	}
-	if got := daemonTriggers(t, pool, "public.src"); !slices.Equal(got, []string{changelog, notify}) {
-		t.Errorf("after EnsureView of a changelog view: %v", got)
+	if got := daemonTriggers(t, pool, "public.src"); !slices.Equal(got, []string{notify}) {
+		t.Errorf("after EnsureView of a changelog view: %v, want the notify trigger only", got)
+	}
+	// A notify view's set-up on a table with the changelog trigger adds its
+	// own: the changelog trigger neither rings nor may be dropped by a set-up.
+	mustExec(t, pool, `CREATE TABLE public.third (k int NOT NULL, v int NOT NULL)`)
+	third := config.QualifiedName{Schema: "public", Name: "third"}
+	if err := EnsureTriggers(ctx, pool, []config.View{view("d", config.DetectChangelog, third)}); err != nil {
+		t.Fatal(err)
+	}
+	nt := view("e", config.DetectNotify, third)
+	if _, err := EnsureView(ctx, pool, &nt); err != nil {
+		t.Fatal(err)
+	}
+	if got := daemonTriggers(t, pool, "public.third"); !slices.Equal(got, []string{changelog, notify}) {
+		t.Errorf("after EnsureView of a notify view: %v, want both until EnsureTriggers", got)
+	}
+	if err := EnsureTriggers(ctx, pool, []config.View{nt, view("d", config.DetectChangelog, third)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := daemonTriggers(t, pool, "public.third"); !slices.Equal(got, []string{notify}) {
+		t.Errorf("after EnsureTriggers: %v, want the notify trigger only", got)
 	}
 	st := view("c", config.DetectStats)
 	if _, err := EnsureView(ctx, pool, &st); err != nil {

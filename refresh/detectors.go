@@ -39,15 +39,7 @@ func (e *Engine) runDetectors(t *term) {
 		newChangelogDetector(e.pool, logFor(config.DetectChangelog)),
 		newStatsDetector(e.pool),
 	} {
-		detectors = append(detectors, &poller{
-			d:       d,
-			sink:    e,
-			plan:    func() watchPlan { return e.watchPlan(d.mode()) },
-			active:  e.terms.active,
-			log:     logFor(d.mode()),
-			backoff: e.opts.ConnectBackoff,
-			polled:  func() { e.countPoll(d.mode()) },
-		})
+		detectors = append(detectors, e.newPoller(d, logFor(d.mode())))
 	}
 	var wg sync.WaitGroup
 	for _, d := range detectors {
@@ -55,6 +47,19 @@ func (e *Engine) runDetectors(t *term) {
 	}
 	wg.Go(func() { e.runVerifier(t.ctx) })
 	wg.Wait()
+}
+
+// newPoller runs the polling detector d over the views using its mode.
+func (e *Engine) newPoller(d detector, log *zap.Logger) *poller {
+	return &poller{
+		d:       d,
+		sink:    e.pollerSink(d.mode()),
+		plan:    func() watchPlan { return e.watchPlan(d.mode()) },
+		active:  e.terms.active,
+		log:     log,
+		backoff: e.opts.ConnectBackoff,
+		polled:  func() { e.countPoll(d.mode()) },
+	}
 }
 
 // countPoll counts a successful poll of mode.
@@ -157,6 +162,11 @@ type poller struct {
 	backoff Backoff
 	// polled, when set, is told of every successful poll (tests wait on it).
 	polled func()
+	// wake, when set, is the doorbell: a receive from it starts the next
+	// poll before it is due, but no sooner than ringGap after the start of
+	// a poll that a ring started too.
+	wake    <-chan struct{}
+	ringGap time.Duration
 }
 
 func (p *poller) mode() string { return p.d.mode() }
@@ -170,6 +180,7 @@ func (p *poller) run(ctx context.Context) {
 	watchSince := time.Now()
 	var lastGood, blindFrom time.Time
 	failures := 0
+	rung := false // the last poll answered the doorbell
 	for ctx.Err() == nil {
 		wp := p.plan()
 		if len(wp.sources) == 0 {
@@ -234,10 +245,33 @@ func (p *poller) run(ctx context.Context) {
 		if p.polled != nil {
 			p.polled()
 		}
-		if !sleep(ctx, time.Until(start.Add(wp.every))) {
+		var ok bool
+		if rung, ok = p.next(ctx, start, wp.every, rung); !ok {
 			return
 		}
 	}
+}
+
+// next waits for the next poll after the successful one that started at
+// start: due every later, or when the doorbell rings. It returns whether
+// the doorbell started it, and false for ok once ctx ends. Under a steady
+// stream of writes each re-arm is rung at once: the gap after a rung poll
+// bounds the polls (and the few notifying commits each re-arm lets through)
+// to one per ringGap, while a ring after a quiet spell is answered at once.
+func (p *poller) next(ctx context.Context, start time.Time, every time.Duration, rung bool) (ringing, ok bool) {
+	due := time.NewTimer(time.Until(start.Add(every)))
+	defer due.Stop()
+	select {
+	case <-ctx.Done():
+		return false, false
+	case <-due.C:
+		return false, true
+	case <-p.wake: // never, for a nil channel
+	}
+	if rung && !sleep(ctx, time.Until(start.Add(p.ringGap))) {
+		return false, false
+	}
+	return true, true
 }
 
 // ensureTriggers makes every source table's triggers match the current views

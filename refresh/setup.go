@@ -92,10 +92,21 @@ func EnsureView(ctx context.Context, pool *pgxpool.Pool, v *config.View) (create
 			if err := checkSource(ctx, tx, src, v.ChangeDetection != config.DetectNone); err != nil {
 				return err
 			}
-			if hasTrigger {
-				if err := syncTrigger(ctx, tx, src, trig, true); err != nil {
+			if !hasTrigger {
+				continue
+			}
+			if trig != notifyTrigger {
+				// The notify trigger appends to the change log too.
+				_, ours, err := lookUpTrigger(ctx, tx, src, notifyTrigger)
+				if err != nil {
 					return err
 				}
+				if ours {
+					continue
+				}
+			}
+			if err := syncTrigger(ctx, tx, src, trig, true); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -148,8 +159,9 @@ func ensureUniqueIndex(ctx context.Context, tx pgx.Tx, v *config.View) error {
 func indexName(view string) string { return relation.CutName(view, "_refresherd_key") }
 
 // Names of the changelog detector's trigger and function (the notify ones
-// are in package sql). Each mode has its own trigger name, so a table
-// watched by views of both modes carries both triggers.
+// are in package sql). Each mode has its own trigger name; both append to
+// the one change log, so a table watched by views of both modes needs only
+// the notify trigger, which also rings the doorbell.
 const (
 	ChangelogTrigger  = "refresherd_changelog"
 	changelogFunction = "changelog_append"
@@ -162,20 +174,21 @@ type detectorTrigger struct {
 	function string // function in the refresherd schema
 }
 
-// detectorTriggers are all triggers the daemon manages.
-var detectorTriggers = []detectorTrigger{
-	{name: dbsql.TriggerName, function: dbsql.NotifyFunction},
-	{name: ChangelogTrigger, function: changelogFunction},
-}
+var (
+	notifyTrigger    = detectorTrigger{name: dbsql.TriggerName, function: dbsql.NotifyFunction}
+	changelogTrigger = detectorTrigger{name: ChangelogTrigger, function: changelogFunction}
+	// detectorTriggers are all triggers the daemon manages.
+	detectorTriggers = []detectorTrigger{notifyTrigger, changelogTrigger}
+)
 
 // triggerFor returns the trigger a change detection mode needs on each
 // source table; stats and none need none.
 func triggerFor(mode string) (detectorTrigger, bool) {
 	switch mode {
 	case config.DetectNotify:
-		return detectorTriggers[0], true
+		return notifyTrigger, true
 	case config.DetectChangelog:
-		return detectorTriggers[1], true
+		return changelogTrigger, true
 	}
 	return detectorTrigger{}, false
 }
@@ -201,11 +214,13 @@ func checkSource(ctx context.Context, tx pgx.Tx, src config.QualifiedName, watch
 
 // EnsureTriggers makes the daemon's triggers on every table match what all
 // views need together: on each source table, the union of the triggers of
-// the views watching it (notify and changelog views of one table give it
-// both); a daemon trigger that no view needs is dropped, also from tables no
-// view lists any more. Each table is handled in its own transaction, so one
-// missing or busy table does not hold up the others; their errors are
-// returned joined (each view's set-up reports its own table's problem too).
+// the views watching it, where the notify trigger covers changelog's (both
+// append to the change log: a table watched in both modes gets the notify
+// trigger only); a daemon trigger that no view needs is dropped, also from
+// tables no view lists any more. Each table is handled in its own
+// transaction, so one missing or busy table does not hold up the others;
+// their errors are returned joined (each view's set-up reports its own
+// table's problem too).
 // Triggers are recognised by name and function, so a user's trigger is
 // never dropped.
 func EnsureTriggers(ctx context.Context, pool *pgxpool.Pool, views []config.View) error {
@@ -225,6 +240,11 @@ func EnsureTriggers(ctx context.Context, pool *pgxpool.Pool, views []config.View
 		for _, src := range views[i].Sources {
 			add(src)
 			want[src][trig.name] = true
+		}
+	}
+	for _, w := range want {
+		if w[notifyTrigger.name] {
+			delete(w, changelogTrigger.name)
 		}
 	}
 	// Tables that carry one of our triggers, wanted or not.
@@ -301,13 +321,11 @@ func tablesWithDaemonTriggers(ctx context.Context, pool *pgxpool.Pool) ([]config
 // as wanted is left alone. A trigger of that name calling another function is
 // the user's: it is neither replaced nor dropped.
 func syncTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig detectorTrigger, want bool) error {
-	fn := pgx.Identifier{dbsql.SchemaName, trig.function}.Sanitize()
-	var exists, ours bool
-	if err := tx.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_and(t.tgfoid = to_regprocedure($3)), false)
-			FROM pg_catalog.pg_trigger t
-			WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2`, src.Sanitized(), trig.name, fn+"()").Scan(&exists, &ours); err != nil {
-		return fmt.Errorf("look up trigger %s on %s: %w", trig.name, src, err)
+	exists, ours, err := lookUpTrigger(ctx, tx, src, trig)
+	if err != nil {
+		return err
 	}
+	fn := pgx.Identifier{dbsql.SchemaName, trig.function}.Sanitize()
 	name := pgx.Identifier{trig.name}.Sanitize()
 	switch {
 	case want && !exists:
@@ -323,6 +341,18 @@ func syncTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig 
 		}
 	}
 	return nil
+}
+
+// lookUpTrigger reports whether src has a trigger named as trig, and
+// whether it is ours (calls trig's function).
+func lookUpTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig detectorTrigger) (exists, ours bool, err error) {
+	fn := pgx.Identifier{dbsql.SchemaName, trig.function}.Sanitize() + "()"
+	if err := tx.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_and(t.tgfoid = to_regprocedure($3)), false)
+			FROM pg_catalog.pg_trigger t
+			WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2`, src.Sanitized(), trig.name, fn).Scan(&exists, &ours); err != nil {
+		return false, false, fmt.Errorf("look up trigger %s on %s: %w", trig.name, src, err)
+	}
+	return exists, ours, nil
 }
 
 // DefinitionHash identifies a view's definition: its query and unique key.

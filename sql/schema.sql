@@ -39,27 +39,12 @@ CREATE TABLE IF NOT EXISTS refresherd.refresh_log (
 CREATE INDEX IF NOT EXISTS refresh_log_view_finished_idx
     ON refresherd.refresh_log (view_name, finished_at);
 
--- Statement-level change trigger function: one notification per statement,
--- deduplicated by PostgreSQL within a transaction because the payload (table
--- and transaction start time) is the same. The time is the transaction's
--- start, never later than its commit, so staleness computed from it never
--- under-reports.
-CREATE OR REPLACE FUNCTION refresherd.notify_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('refresherd_changes', json_build_object(
-        'schema', TG_TABLE_SCHEMA,
-        'table', TG_TABLE_NAME,
-        'ts', extract(epoch FROM now()))::text);
-    RETURN NULL;
-END
-$$;
-
--- Change log for change_detection: changelog. A statement trigger on each
--- watched table appends one row per statement; the daemon drains
+-- Change log for change_detection changelog and notify. A statement trigger
+-- on each watched table appends one row per statement; the daemon drains
 -- the log with one DELETE ... RETURNING per poll, so a row committed after
--- the poll's snapshot stays for the next poll. No NOTIFY: committing writers
--- do not serialise on the notification queue's global lock.
+-- the poll's snapshot stays for the next poll. The changelog trigger never
+-- notifies, and the notify trigger only rarely (the doorbell below):
+-- committing writers do not serialise on the notification queue's lock.
 -- UNLOGGED: no WAL for writers to pay; the price is that crash recovery
 -- empties it, which the daemon detects (detector_sentinel below) and answers
 -- with a catch-up refresh.
@@ -112,6 +97,58 @@ END
 $$;
 -- Writers reach the function only through the trigger.
 REVOKE ALL ON FUNCTION refresherd.changelog_append() FROM PUBLIC;
+
+-- The doorbell of change_detection notify: armed while the sequence is not
+-- "called" (pg_sequence_last_value() is NULL). The daemon arms it before
+-- each drain of the log; the notify trigger of a writer that finds it armed
+-- disarms it (nextval) and notifies, so between two drains only the few
+-- writers that find it armed at about the same moment notify, and the
+-- others pay one read of the sequence for it. A sequence because it is not
+-- transactional: reading it needs no snapshot and takes no row lock, so a
+-- writer never waits for another and no isolation level turns it into a
+-- serialization failure (a flag row would do both). The price: the disarm
+-- of a writer that rolls back stays, so until the next drain (at the
+-- latest poll_interval later) writers do not notify; their rows wait in the
+-- log for it. UNLOGGED (PostgreSQL 15) for no WAL at every arm; crash
+-- recovery resets it to its initial state, armed. Before 15 it is logged.
+DO $$
+BEGIN
+    IF to_regclass('refresherd.doorbell') IS NULL THEN
+        IF current_setting('server_version_num')::int >= 150000 THEN
+            EXECUTE 'CREATE UNLOGGED SEQUENCE refresherd.doorbell';
+        ELSE
+            EXECUTE 'CREATE SEQUENCE refresherd.doorbell';
+        END IF;
+    END IF;
+END
+$$;
+
+-- The notify trigger function: append to the change log as changelog_append
+-- does, and ring the doorbell when it is armed. Same constraints as
+-- changelog_append: SECURITY DEFINER (writers need no grant on this
+-- schema; the owner may read and advance the sequence), no SET search_path
+-- and nothing resolved through it (functions are called schema-qualified,
+-- the sequence is a regclass constant, IS NULL is no operator). Disarmed,
+-- the doorbell costs a writer one pg_sequence_last_value() call (about
+-- 1 us; a SELECT from the sequence would cost 8). Several writers finding
+-- it armed at once each notify: the channel and payload are the same, so a
+-- transaction notifies once, and a writer whose commit comes after the
+-- drain its ring caused still rings the daemon for its own row.
+-- Replaces the function of earlier versions (pg_notify per statement, no
+-- log) in place, so the triggers already installed on tables use it at once.
+CREATE OR REPLACE FUNCTION refresherd.notify_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    INSERT INTO refresherd.changelog (source_schema, source_table)
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    IF pg_catalog.pg_sequence_last_value('refresherd.doorbell'::regclass) IS NULL THEN
+        PERFORM pg_catalog.nextval('refresherd.doorbell'::regclass);
+        PERFORM pg_catalog.pg_notify('refresherd_changes', '{"op":"doorbell"}');
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION refresherd.notify_change() FROM PUBLIC;
 
 -- For apps: the time a managed view's data is as of (NULL if never refreshed).
 -- SELECT refresherd.data_as_of('public.app_chargesummary');

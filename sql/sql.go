@@ -14,4 +14,7 @@ const (
 	NotifyChannel  = "refresherd_changes"
 	TriggerName    = "refresherd_notify"
 	NotifyFunction = "notify_change"
+	// DoorbellOp is the op of the notify trigger's notification (see
+	// notify_change() in schema.sql): drain the change log.
+	DoorbellOp = "doorbell"
 )

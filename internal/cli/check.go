@@ -476,18 +476,19 @@ func missingFrom(keys, cols []string) []string {
 // checkSource checks one source table of v as EnsureView will use it.
 func (c *checker) checkSource(ctx context.Context, conn *pgx.Conn, v *config.View, src config.QualifiedName) error {
 	subject := v.Name.String()
-	// notify and changelog both need a trigger of their own on the table.
+	// notify and changelog both need a trigger on the table; the notify
+	// one serves a changelog view too (both append to the change log).
 	notify := v.ChangeDetection == config.DetectNotify || v.ChangeDetection == config.DetectChangelog
-	triggerName := dbsql.TriggerName
+	triggerNames := []string{dbsql.TriggerName}
 	if v.ChangeDetection == config.DetectChangelog {
-		triggerName = refresh.ChangelogTrigger
+		triggerNames = append(triggerNames, refresh.ChangelogTrigger)
 	}
 	var kind string
 	var trigger, triggerPriv, owned bool
 	err := conn.QueryRow(ctx, `SELECT c.relkind::text,
-			EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = $2),
+			EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = ANY($2)),
 			has_table_privilege(c.oid, 'TRIGGER'), pg_has_role(c.relowner, 'USAGE')
-		FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)`, src.Sanitized(), triggerName).Scan(&kind, &trigger, &triggerPriv, &owned)
+		FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)`, src.Sanitized(), triggerNames).Scan(&kind, &trigger, &triggerPriv, &owned)
 	if errors.Is(err, pgx.ErrNoRows) {
 		c.problem(subject, "source table %s does not exist", src)
 		return nil

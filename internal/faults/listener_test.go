@@ -9,8 +9,9 @@ import (
 // TestListenerKilled terminates the daemon's LISTEN connection on the server
 // and keeps it from reconnecting for a while (its role may not log in; the
 // daemon's other connections stay up), commits a change meanwhile, then
-// lets it back in. The change's notification was sent while nobody
-// listened, so only the catch-up after the reconnect can bring it in.
+// lets it back in. The change's ring was sent while nobody listened, so
+// only the doorbell's fallback drain or the catch-up after the reconnect
+// can bring it in.
 func TestListenerKilled(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)

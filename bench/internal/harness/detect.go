@@ -36,9 +36,10 @@ func detectTail(poll time.Duration) time.Duration { return time.Second + 2*poll 
 func postWrites(poll time.Duration) time.Duration { return poll + 100*time.Millisecond }
 
 // probeQuiet is how long the daemon must show no change event before a
-// probe: longer than an event of an earlier write can take to show (a
-// notification at once; a change-log row or published statistics at the
-// next poll).
+// probe: longer than an event of an earlier write can take to show (for
+// notify, the drain its ring causes follows at once; a change-log row or
+// published statistics at the next poll). Each probe waits for its own
+// event, so no probe leaves notify a row for its fallback poll.
 func probeQuiet(mode string, poll time.Duration) time.Duration {
 	if mode == config.DetectNotify {
 		return 100 * time.Millisecond

@@ -104,12 +104,16 @@ func detectRun() *results.Run {
 			{Mode: "changelog", Available: true, Median: map[int]float64{1: 990, 8: 3200, 32: 3600},
 				Ratios: map[int][]float64{1: {0.99}, 8: {0.86, 0.85, 0.9}, 32: {0.84, 0.8, 0.9}}, MedianRatio: map[int]float64{1: 0.99, 8: 0.86, 32: 0.84}},
 			{Mode: "stats", Available: true, Median: map[int]float64{1: 1000, 8: 3990, 32: 4100}},
+			{Mode: "notify", Available: true, Median: map[int]float64{1: 980, 8: 3800, 32: 3700},
+				Ratios: map[int][]float64{1: {0.98}, 8: {0.95}, 32: {0.92}}, MedianRatio: map[int]float64{1: 0.98, 8: 0.95, 32: 0.92}},
 		}},
 		Detect: &results.Detect{
 			SizeLabel: "100k", PollInterval: 200 * time.Millisecond, Debounce: time.Second, MaxDelay: 10 * time.Second,
 			Scrape: 10 * time.Millisecond, ScrapeMedian: 11 * time.Millisecond, Window: 3 * time.Second, Tail: 1400 * time.Millisecond, Probes: 2,
 			Modes: []results.DetectMode{
-				{Mode: "notify", Available: true, Rows: []results.DetectRow{row(0, 0.001, 0.003), row(50, 0.01, 0.03)}, Verified: "view = aggregate"},
+				// notify's target is for isolated commits only: 60 ms at 50/s
+				// is no miss.
+				{Mode: "notify", Available: true, Rows: []results.DetectRow{row(0, 0.001, 0.003), row(50, 0.01, 0.06)}, Verified: "view = aggregate"},
 				{Mode: "changelog", Available: true, Rows: []results.DetectRow{row(0, 0.1, 0.2), row(50, 0.2, 0.5)}, Verified: "view = aggregate"},
 				{Mode: "stats", Available: true, Rows: []results.DetectRow{row(0, 0.1, 0.2), row(50, 0.5, 1.1)}, Verified: "view = aggregate"},
 			},
@@ -120,8 +124,9 @@ func detectRun() *results.Run {
 func TestDetectFindingsStateTargets(t *testing.T) {
 	text := strings.Join(Findings(detectRun()), "\n")
 	for _, want := range []string{
-		"Change detection (notify, 100k): detection delay median 2 ms, p99 3 ms for isolated commits; median 20 ms, p99 30 ms at 50 commits/s",
-		"no detection target is set for notify",
+		"Change detection (notify, 100k): detection delay median 2 ms, p99 3 ms for isolated commits; median 35 ms, p99 60 ms at 50 commits/s",
+		"detection target p99 <= 50 ms for a lone change (issue 13) met for isolated commits.",
+		"Writer target for notify (issue 13: keep >= 90% of the no-trigger TPS at 8 and 32 clients): keeps 95.0% at 8 clients (median TPS 3800 vs 4000), 92.0% at 32 clients (median TPS 3700 vs 4000)",
 		"it MISSES the detection target p99 <= poll_interval + 100 ms (300 ms) at 50 commits/s (p99 500 ms)",
 		"keeps 86.0% at 8 clients (median TPS 3200 vs 4000), 84.0% at 32 clients (median TPS 3600 vs 4000) in the writer section (100k, median of 3 round(s) of 30s, each against the baseline run next to it): it MISSES the target at 32 clients.",
 		"8 clients 3200 vs 4000 TPS (0.86x), 32 clients 3600 vs 4000 TPS (0.84x)",
@@ -133,8 +138,8 @@ func TestDetectFindingsStateTargets(t *testing.T) {
 			t.Errorf("findings lack %q:\n%s", want, text)
 		}
 	}
-	if n := strings.Count(text, "Writer target for"); n != 2 {
-		t.Errorf("%d writer target sentences in the findings, want 2:\n%s", n, text)
+	if n := strings.Count(text, "Writer target for"); n != 3 {
+		t.Errorf("%d writer target sentences in the findings, want 3:\n%s", n, text)
 	}
 }
 
@@ -163,7 +168,12 @@ func TestDetectSectionTable(t *testing.T) {
 			t.Errorf("%d cells, header has %d: %s", strings.Count(r, "|")-1, width-1, r)
 		}
 	}
-	for _, want := range []string{"| changelog | 50/s (achieved 50.0/s) | 2 | 350 ms | 500 ms | 500 ms | 0 / 0 | p99 <= 300 ms (poll_interval + 100 ms) | MISSED |", "| bogus | not available in this build: unknown mode |"} {
+	for _, want := range []string{
+		"| changelog | 50/s (achieved 50.0/s) | 2 | 350 ms | 500 ms | 500 ms | 0 / 0 | p99 <= 300 ms (poll_interval + 100 ms) | MISSED |",
+		"| notify | isolated probes | 2 | 2 ms | 3 ms | 3 ms | 0 / 0 | p99 <= 50 ms (lone change) | met |",
+		"| notify | 50/s (achieved 50.0/s) | 2 | 35 ms | 60 ms | 60 ms | 0 / 0 | none set | - |",
+		"| bogus | not available in this build: unknown mode |",
+	} {
 		if !strings.Contains(sec, want) {
 			t.Errorf("section lacks %q:\n%s", want, sec)
 		}

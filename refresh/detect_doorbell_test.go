@@ -1,0 +1,644 @@
+package refresh
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/refresherd/refresherd/config"
+	dbsql "github.com/refresherd/refresherd/sql"
+)
+
+// doorbellPayload is what notify's trigger sends when it rings.
+var doorbellPayload = fmt.Sprintf(`{"op":%q}`, dbsql.DoorbellOp)
+
+// bell is the test's own LISTEN connection on the daemon's channel: it
+// counts the doorbell's rings.
+type bell struct {
+	t    *testing.T
+	pool *pgxpool.Pool
+	conn *pgx.Conn
+	seq  int
+}
+
+func listenBell(t *testing.T, pool *pgxpool.Pool) *bell {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{dbsql.NotifyChannel}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	return &bell{t: t, pool: pool, conn: conn}
+}
+
+// rings returns how often the doorbell rang since the last call (or the
+// LISTEN). It sends a marker and reads up to it: notifications of different
+// transactions arrive in commit order, so every ring committed before the
+// call is counted without waiting for one that may not come.
+func (b *bell) rings() int {
+	b.t.Helper()
+	b.seq++
+	marker := fmt.Sprintf(`{"op":"test-marker","seq":%d}`, b.seq)
+	mustExec(b.t, b.pool, `SELECT pg_notify($1, $2)`, dbsql.NotifyChannel, marker)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n := 0
+	for {
+		nt, err := b.conn.WaitForNotification(ctx)
+		if err != nil {
+			b.t.Fatalf("read the doorbell's rings: %v", err)
+		}
+		switch nt.Payload {
+		case marker:
+			return n
+		case doorbellPayload:
+			n++
+		}
+	}
+}
+
+// armed reports whether the doorbell is armed.
+func armed(t *testing.T, pool *pgxpool.Pool) bool {
+	t.Helper()
+	var a bool
+	if err := pool.QueryRow(context.Background(), `SELECT pg_sequence_last_value('refresherd.doorbell') IS NULL`).Scan(&a); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// insert writes one row to table in an autocommit statement and returns the
+// transaction's start, which the change log dates the write at.
+func insert(ctx context.Context, pool *pgxpool.Pool, table string) (time.Time, error) {
+	var start time.Time
+	err := pool.QueryRow(ctx, `INSERT INTO `+pgx.Identifier{"public", table}.Sanitize()+` VALUES (1, 1) RETURNING now()`).Scan(&start)
+	if err != nil {
+		return start, fmt.Errorf("insert into %s: %w", table, err)
+	}
+	return start, nil
+}
+
+func mustInsert(t *testing.T, pool *pgxpool.Pool, table string) time.Time {
+	t.Helper()
+	start, err := insert(context.Background(), pool, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return start
+}
+
+// expectOneChange polls d once and checks that it reports exactly one change
+// of public.src, dated at.
+func expectOneChange(t *testing.T, d detector, prev time.Time, at time.Time, what string) time.Time {
+	t.Helper()
+	_, evs, start := pollOnce(t, d, prev)
+	if len(evs) != 1 || evs[0].kind != "changed" || evs[0].src != srcName || !evs[0].at.Equal(at) {
+		t.Fatalf("%s: events %+v, want one change of public.src dated %v", what, evs, at)
+	}
+	return start
+}
+
+// TestDoorbell follows notify's trigger and its drain step by step, with
+// the races of the doorbell played in a fixed order: only a writer that
+// finds it armed rings; a poll arms it, then drains; a writer that found it
+// disarmed is drained by the next poll, whenever it commits; a notifier
+// that rolls back leaves it disarmed but loses no row.
+func TestDoorbell(t *testing.T) {
+	ctx := context.Background()
+	pool, d := logSetup(t, config.DetectNotify)
+	b := listenBell(t, pool)
+	if !armed(t, pool) {
+		t.Fatal("a new doorbell is not armed")
+	}
+	_, _, prev := pollOnce(t, d, time.Time{})
+
+	// Armed: the first writer rings and disarms it; the next ones only log.
+	first := mustInsert(t, pool, "src")
+	if got := b.rings(); got != 1 || armed(t, pool) {
+		t.Fatalf("first write: %d rings, armed %v; want 1 ring and the doorbell disarmed", got, armed(t, pool))
+	}
+	mustInsert(t, pool, "src")
+	mustExec(t, pool, `UPDATE public.src SET v = v + 1 WHERE k = 1`)
+	if got, n := b.rings(), logRows(t, pool); got != 0 || n != 3 {
+		t.Fatalf("writes to a disarmed doorbell: %d rings, %d log rows; want 0 rings, 3 rows", got, n)
+	}
+	// The poll re-arms it and drains what was logged, without ringing.
+	prev = expectOneChange(t, d, prev, first, "poll after a ring")
+	if got := b.rings(); got != 0 || !armed(t, pool) || logRows(t, pool) != 0 {
+		t.Fatalf("after the poll: %d rings, armed %v, %d log rows; want 0, armed, 0", got, armed(t, pool), logRows(t, pool))
+	}
+
+	// A writer that found the doorbell disarmed (after another's ring, before
+	// the poll the ring causes re-arms it) and committed: the poll arms
+	// first and drains after, so its drain gets the row.
+	ringer := mustInsert(t, pool, "src")
+	mustInsert(t, pool, "src")
+	if got := b.rings(); got != 1 {
+		t.Fatalf("%d rings, want 1", got)
+	}
+	prev = expectOneChange(t, d, prev, ringer, "a writer that found the doorbell disarmed")
+	if logRows(t, pool) != 0 {
+		t.Fatal("the poll left rows in the log")
+	}
+
+	// A transaction that found the doorbell disarmed and commits only after
+	// the poll's drain: the poll does not see it, it does not ring (its
+	// trigger ran before the re-arm), and its row waits in the log for the
+	// next poll: the next writer's ring, or the fallback poll.
+	ringer = mustInsert(t, pool, "src")
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var inFlight time.Time
+	if err := tx.QueryRow(ctx, `INSERT INTO public.src VALUES (2, 2) RETURNING now()`).Scan(&inFlight); err != nil {
+		t.Fatal(err)
+	}
+	prev = expectOneChange(t, d, prev, ringer, "poll while a writer is in flight")
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, n := b.rings(), logRows(t, pool); got != 1 || n != 1 || !armed(t, pool) {
+		t.Fatalf("in-flight writer committed: %d rings (want 1: the ringer's), %d log rows (want 1), armed %v (want true)", got, n, armed(t, pool))
+	}
+	mustInsert(t, pool, "src")
+	if got := b.rings(); got != 1 {
+		t.Fatalf("next writer: %d rings, want 1", got)
+	}
+	prev = expectOneChange(t, d, prev, inFlight, "the next writer's ring brings the in-flight writer's row")
+
+	// The notifier rolls back: its NOTIFY is never sent and its row never
+	// committed, but its disarm stays (a sequence is not transactional). The
+	// next writer does not ring; its row waits for the fallback poll, which
+	// reports it and re-arms, and the writer after that rings again.
+	tx, err = pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (3, 3)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.rings(); got != 0 || armed(t, pool) || logRows(t, pool) != 0 {
+		t.Fatalf("rolled-back notifier: %d rings, armed %v, %d log rows; want 0, disarmed, 0", got, armed(t, pool), logRows(t, pool))
+	}
+	after := mustInsert(t, pool, "src")
+	if got := b.rings(); got != 0 {
+		t.Fatalf("write after a rolled-back ring: %d rings, want 0 (disarmed)", got)
+	}
+	prev = expectOneChange(t, d, prev, after, "fallback poll after a rolled-back ring")
+	mustInsert(t, pool, "src")
+	if got := b.rings(); got != 1 {
+		t.Fatalf("write after the fallback poll: %d rings, want 1", got)
+	}
+	_, _, prev = pollOnce(t, d, prev)
+
+	// Several statements in one transaction: one ring, one change.
+	var start time.Time
+	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&start); err != nil {
+			return err
+		}
+		for _, sql := range []string{`INSERT INTO public.src VALUES (4, 4)`, `UPDATE public.src SET v = 0 WHERE k = 4`, `DELETE FROM public.src WHERE k = 4`} {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.rings(); got != 1 {
+		t.Fatalf("transaction of three statements: %d rings, want 1", got)
+	}
+	expectOneChange(t, d, prev, start, "transaction of three statements")
+}
+
+// TestDoorbellWritersNeverConflict: the doorbell is a sequence, read and
+// advanced outside any snapshot, so writers at REPEATABLE READ and
+// SERIALIZABLE never fail on it. A flag row would: a transaction whose
+// snapshot still shows it armed would update a row changed since.
+func TestDoorbellWritersNeverConflict(t *testing.T) {
+	ctx := context.Background()
+	pool, d := logSetup(t, config.DetectNotify)
+	b := listenBell(t, pool)
+	_, _, prev := pollOnce(t, d, time.Time{})
+
+	begin := func(level pgx.TxIsoLevel) pgx.Tx {
+		t.Helper()
+		tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: level})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tx.Rollback(ctx) })
+		return tx
+	}
+	exec := func(tx pgx.Tx, sql string) {
+		t.Helper()
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	commit := func(tx pgx.Tx, what string) {
+		t.Helper()
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatalf("%s: commit: %v", what, err)
+		}
+	}
+
+	// A REPEATABLE READ snapshot taken while armed; meanwhile another writer
+	// rings, the daemon re-arms, a third writer rings: the old snapshot's
+	// write finds the doorbell as it is now (disarmed), and commits.
+	rr := begin(pgx.RepeatableRead)
+	exec(rr, `SELECT count(*) FROM public.src`)
+	mustInsert(t, pool, "src")
+	_, _, prev = pollOnce(t, d, prev)
+	mustInsert(t, pool, "src")
+	exec(rr, `INSERT INTO public.src VALUES (5, 5)`)
+	commit(rr, "repeatable read writer")
+	if got := b.rings(); got != 2 {
+		t.Errorf("%d rings, want 2 (the old snapshot's writer found it disarmed)", got)
+	}
+	_, _, prev = pollOnce(t, d, prev)
+
+	// Two SERIALIZABLE writers at once: the first disarms, the second finds
+	// it disarmed; both commit, in either order.
+	for _, firstCommits := range []bool{true, false} {
+		s1, s2 := begin(pgx.Serializable), begin(pgx.Serializable)
+		exec(s1, `INSERT INTO public.src VALUES (6, 6)`)
+		exec(s2, `INSERT INTO public.src VALUES (7, 7)`)
+		if firstCommits {
+			commit(s1, "first serializable writer")
+			commit(s2, "second serializable writer")
+		} else {
+			commit(s2, "second serializable writer")
+			commit(s1, "first serializable writer")
+		}
+		if got := b.rings(); got != 1 {
+			t.Errorf("two serializable writers: %d rings, want 1", got)
+		}
+		_, _, prev = pollOnce(t, d, prev)
+	}
+}
+
+// changed reports whether the sink was told of a change of table dated at
+// (for notify: logSink tells every mode of the log).
+func (s *recordingSink) changed(table string, at time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.ContainsFunc(s.events, func(ev sinkEvent) bool {
+		return ev.kind == "changed" && ev.mode == config.DetectNotify && ev.src.Name == table && ev.at.Equal(at)
+	})
+}
+
+// has reports whether the sink was told something of kind for notify.
+func (s *recordingSink) has(kind string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.ContainsFunc(s.events, func(ev sinkEvent) bool { return ev.kind == kind && ev.mode == config.DetectNotify })
+}
+
+// doorbellRig is notify's detector as a term runs it (its listener and its
+// doorbell poller, built by the engine), reporting to a recording sink
+// instead of the engine's workers.
+type doorbellRig struct {
+	e   *Engine
+	rec *recordingSink
+}
+
+// startDoorbell starts notify's detector over a view per table (created
+// with the notify trigger), polling every `every` when no ring comes. The
+// listener connects with sessionCfg (nil: the pool's).
+func startDoorbell(t *testing.T, pool *pgxpool.Pool, sessionCfg *pgx.ConnConfig, every time.Duration, tables ...string) *doorbellRig {
+	t.Helper()
+	var views []config.View
+	for _, table := range tables {
+		v := testView(t, "public.sum_"+table, `SELECT k, sum(v)::bigint AS total, count(*) AS n FROM public.`+table+` GROUP BY k`)
+		v.Sources = []config.QualifiedName{{Schema: "public", Name: table}}
+		v.PollInterval = every
+		views = append(views, *v)
+	}
+	if err := EnsureTriggers(context.Background(), pool, views); err != nil {
+		t.Fatal(err)
+	}
+	r := &doorbellRig{e: buildTestEngine(t, pool, testEngineSetup{sessionCfg: sessionCfg}, views...), rec: &recordingSink{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := r.e.notifyDetector(&term{ctx: ctx, cancel: cancel})
+	d.sink, d.doorbell.sink = r.rec, logSink{r.rec}
+	var wg sync.WaitGroup
+	wg.Go(func() { d.run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	waitFor(t, 10*time.Second, "the listener to connect and the doorbell's first poll", func() bool {
+		return r.e.Status().ListenerConnected && r.e.pollCount(config.DetectNotify) > 0
+	})
+	return r
+}
+
+// waitChanged waits until the rig was told of a change of table dated at.
+func (r *doorbellRig) waitChanged(t *testing.T, table string, at time.Time, what string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, what, func() bool { return r.rec.changed(table, at) })
+}
+
+// TestDoorbellRingsAlone: with the fallback poll out of the way (an hour),
+// lone writes are reported through their rings alone, one poll each.
+func TestDoorbellRingsAlone(t *testing.T) {
+	pool := testPool(t)
+	r := startDoorbell(t, pool, nil, time.Hour, "src")
+	b := listenBell(t, pool)
+	polls := r.e.pollCount(config.DetectNotify)
+	const writes = 10
+	for i := range writes {
+		r.waitChanged(t, "src", mustInsert(t, pool, "src"), fmt.Sprintf("lone write %d to be reported", i))
+	}
+	if got := b.rings(); got != writes {
+		t.Errorf("%d rings for %d lone writes", got, writes)
+	}
+	if got := r.e.pollCount(config.DetectNotify) - polls; got < writes {
+		t.Errorf("%d polls for %d lone writes", got, writes)
+	}
+}
+
+// TestDoorbellRolledBackNotifier: the notifier rolls back, so its ring is
+// never sent and the doorbell stays disarmed; nothing is lost: the next
+// writer's change is reported (by the fallback poll, unless one came
+// between the two writes: TestDoorbell plays that order exactly), and the
+// doorbell is armed again for the writer after it.
+func TestDoorbellRolledBackNotifier(t *testing.T) {
+	ctx := context.Background()
+	pool := testPool(t)
+	r := startDoorbell(t, pool, nil, 100*time.Millisecond, "src")
+	waitFor(t, 10*time.Second, "the doorbell to be armed", func() bool { return armed(t, pool) })
+
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (1, 1)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.waitChanged(t, "src", mustInsert(t, pool, "src"), "the next writer's change to be reported")
+	waitFor(t, 10*time.Second, "the doorbell to be armed again", func() bool { return armed(t, pool) })
+	r.waitChanged(t, "src", mustInsert(t, pool, "src"), "the writer after it")
+}
+
+// TestDoorbellEveryCommitReported: writers at once, each on its own table,
+// each waiting for its last write to be reported before the next: every
+// committed write is reported to SourceChanged for its table, dated at its
+// own transaction's start (the only row of its table in the log when
+// drained), through rings, the races between them, and fallback polls.
+// And the doorbell rings at most a few times per poll.
+func TestDoorbellEveryCommitReported(t *testing.T) {
+	ctx := context.Background()
+	pool := testPool(t)
+	const writers, writes = 8, 25
+	var tables []string
+	for i := range writers {
+		table := fmt.Sprintf("w%d", i)
+		mustExec(t, pool, `CREATE TABLE public.`+table+` (k int NOT NULL, v int NOT NULL)`)
+		tables = append(tables, table)
+	}
+	r := startDoorbell(t, pool, nil, config.DefaultPollInterval, tables...)
+	b := listenBell(t, pool)
+	polls := r.e.pollCount(config.DetectNotify)
+
+	errs := make(chan error, writers)
+	var wg sync.WaitGroup
+	for _, table := range tables {
+		wg.Go(func() {
+			for i := range writes {
+				at, err := insert(ctx, pool, table)
+				if err != nil {
+					errs <- err
+					return
+				}
+				deadline := time.Now().Add(10 * time.Second)
+				for !r.rec.changed(table, at) {
+					if time.Now().After(deadline) {
+						errs <- fmt.Errorf("write %d to %s, dated %v, not reported within 10 s", i, table, at)
+						return
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	rings, drains := b.rings(), r.e.pollCount(config.DetectNotify)-polls
+	t.Logf("%d commits: %d rings, %d polls", writers*writes, rings, drains)
+	if rings > 3*drains {
+		t.Errorf("%d rings for %d polls: more than a few per poll", rings, drains)
+	}
+	if n := logRows(t, pool); n != 0 {
+		t.Errorf("%d rows left in the log", n)
+	}
+}
+
+// TestDoorbellListenerReconnect: the listener's connection is killed and
+// kept out while a writer rings into the void, disarming the doorbell. On
+// reconnect the daemon catches up and re-arms and drains at once: the
+// writer's change is reported without waiting for the fallback poll (an
+// hour here), and the next writer rings again.
+func TestDoorbellListenerReconnect(t *testing.T) {
+	ctx := context.Background()
+	pool := testPool(t)
+	rb := make([]byte, 4)
+	if _, err := rand.Read(rb); err != nil {
+		t.Fatal(err)
+	}
+	role := "rd_listen_" + hex.EncodeToString(rb)
+	mustExec(t, pool, `CREATE ROLE `+pgx.Identifier{role}.Sanitize()+` LOGIN`)
+	t.Cleanup(func() { mustExec(t, pool, `DROP ROLE `+pgx.Identifier{role}.Sanitize()) })
+	cfg := pool.Config().ConnConfig.Copy()
+	cfg.User = role
+	r := startDoorbell(t, pool, cfg, time.Hour, "src")
+	b := listenBell(t, pool)
+
+	r.waitChanged(t, "src", mustInsert(t, pool, "src"), "a write before the outage")
+	mustExec(t, pool, `ALTER ROLE `+pgx.Identifier{role}.Sanitize()+` NOLOGIN`) // open sessions stay
+	var gone bool
+	if err := pool.QueryRow(ctx, `SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+		WHERE usename = $1 AND datname = current_database()`, role).Scan(&gone); err != nil || !gone {
+		t.Fatalf("terminate the listener's backend: %v, %v", gone, err)
+	}
+	waitFor(t, 10*time.Second, "the listener to report its outage", func() bool { return r.rec.has("unseen") })
+	b.rings()
+	lost := mustInsert(t, pool, "src")
+	if got := b.rings(); got != 1 || armed(t, pool) {
+		t.Fatalf("write during the outage: %d rings, armed %v; want 1 ring (unheard) and the doorbell disarmed", got, armed(t, pool))
+	}
+	mustExec(t, pool, `ALTER ROLE `+pgx.Identifier{role}.Sanitize()+` LOGIN`)
+	r.waitChanged(t, "src", lost, "the change written during the outage")
+	waitFor(t, 10*time.Second, "the catch-up after the reconnect", func() bool { return r.rec.has("missed") })
+	r.waitChanged(t, "src", mustInsert(t, pool, "src"), "a write after the reconnect")
+}
+
+// TestDoorbellSharedLog runs the engine with views of both modes that
+// append to the change log: a table watched by a notify view, one by a
+// changelog view, and one by one of each (it carries the notify trigger
+// only). Both detectors drain the one log, so either may take a row of the
+// other's table; after each burst of concurrent writes every view shows
+// its table's total, so the last write to every table reached its views.
+// The doorbell rings a few times per poll, far fewer than the commits.
+func TestDoorbellSharedLog(t *testing.T) {
+	ctx := context.Background()
+	pool := testPool(t)
+	tables := []string{"src_notify", "src_changelog", "src_both"}
+	var views []config.View
+	view := func(name, table, mode string) config.View {
+		v := testView(t, "public."+name, `SELECT k, sum(v)::bigint AS total, count(*) AS n FROM public.`+table+` GROUP BY k`)
+		v.Sources = []config.QualifiedName{{Schema: "public", Name: table}}
+		v.ChangeDetection = mode
+		v.Debounce, v.MaxDelay = 0, time.Second
+		return *v
+	}
+	for _, table := range tables {
+		mustExec(t, pool, `CREATE TABLE public.`+table+` (k int NOT NULL, v int NOT NULL)`)
+	}
+	views = append(views,
+		view("sum_notify", "src_notify", config.DetectNotify),
+		view("sum_changelog", "src_changelog", config.DetectChangelog),
+		view("sum_both_n", "src_both", config.DetectNotify),
+		view("sum_both_c", "src_both", config.DetectChangelog),
+	)
+	e := newTestEngine(t, pool, views...)
+	runEngine(t, e)
+	waitFor(t, 10*time.Second, "start-up refreshes", func() bool {
+		st := e.Status()
+		return st.ListenerConnected && !slices.ContainsFunc(st.Views, func(v ViewStatus) bool { return v.DataAsOf == nil || v.InProgress })
+	})
+	for table, want := range map[string][]string{
+		"src_notify": {"refresherd_notify"}, "src_changelog": {"refresherd_changelog"}, "src_both": {"refresherd_notify"},
+	} {
+		if got := daemonTriggers(t, pool, "public."+table); !slices.Equal(got, want) {
+			t.Errorf("%s triggers %v, want %v", table, got, want)
+		}
+	}
+	b := listenBell(t, pool)
+	polls := e.pollCount(config.DetectNotify)
+
+	const rounds, writers, writes = 3, 8, 30
+	for round := range rounds {
+		errs := make(chan error, writers)
+		var wg sync.WaitGroup
+		for w := range writers {
+			wg.Go(func() {
+				for i := range writes {
+					table := tables[(w+i)%len(tables)]
+					if _, err := pool.Exec(ctx, `INSERT INTO `+pgx.Identifier{"public", table}.Sanitize()+` VALUES ($1, $2)`, i%10, round*1000+w*writes+i); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		for _, v := range views {
+			table := v.Sources[0].Name
+			waitFor(t, 10*time.Second, fmt.Sprintf("round %d: %s to show %s's total", round, v.Name, table), func() bool {
+				var want int64
+				if err := pool.QueryRow(ctx, `SELECT coalesce(sum(v), 0)::bigint FROM public.`+table).Scan(&want); err != nil {
+					t.Fatal(err)
+				}
+				return viewTotal(t, pool, &v) == want
+			})
+		}
+	}
+	rings, drains := b.rings(), e.pollCount(config.DetectNotify)-polls
+	commits := rounds * writers * writes * 2 / 3 // to the two tables with the notify trigger
+	t.Logf("%d commits to tables with the notify trigger: %d rings, %d doorbell polls", commits, rings, drains)
+	if rings > 3*drains {
+		t.Errorf("%d rings for %d polls: more than a few per poll", rings, drains)
+	}
+	if rings >= commits/2 {
+		t.Errorf("%d rings for %d commits: the doorbell does not spare writers", rings, commits)
+	}
+}
+
+// TestDoorbellReplacesOldTrigger: an install of a version before the
+// doorbell has notify_change() notifying per statement, no doorbell, and
+// the trigger on its tables. Start-up's EnsureSchema replaces the function
+// in place: the trigger, untouched, now logs and rings. A notification in
+// the old format (from a replica of the old version during a rolling
+// upgrade, which puts the old function back) is still a change.
+func TestDoorbellReplacesOldTrigger(t *testing.T) {
+	ctx := context.Background()
+	pool := testPool(t)
+	mustExec(t, pool, `DROP SEQUENCE refresherd.doorbell`)
+	mustExec(t, pool, `CREATE OR REPLACE FUNCTION refresherd.notify_change() RETURNS trigger
+		LANGUAGE plpgsql AS $$
+		BEGIN
+			PERFORM pg_notify('refresherd_changes', json_build_object(
+				'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME, 'ts', extract(epoch FROM now()))::text);
+			RETURN NULL;
+		END
+		$$`)
+	mustExec(t, pool, `CREATE TRIGGER refresherd_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.src
+		FOR EACH STATEMENT EXECUTE FUNCTION refresherd.notify_change()`)
+	trigger := func() (oid uint32, definer bool) {
+		t.Helper()
+		if err := pool.QueryRow(ctx, `SELECT t.oid, p.prosecdef FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+			WHERE t.tgrelid = 'public.src'::regclass AND t.tgname = 'refresherd_notify'`).Scan(&oid, &definer); err != nil {
+			t.Fatal(err)
+		}
+		return oid, definer
+	}
+	oldOID, _ := trigger()
+	mustInsert(t, pool, "src")
+	if n := logRows(t, pool); n != 0 {
+		t.Fatalf("the old function logged %d rows", n)
+	}
+
+	for range 2 { // idempotent
+		if err := EnsureSchema(ctx, pool); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := listenBell(t, pool)
+	r := startDoorbell(t, pool, nil, time.Hour, "src")
+	if oid, definer := trigger(); oid != oldOID || !definer {
+		t.Errorf("trigger %d (was %d), function SECURITY DEFINER %v: want the same trigger on the new function", oid, oldOID, definer)
+	}
+	r.waitChanged(t, "src", mustInsert(t, pool, "src"), "a write through the old trigger")
+	if got := b.rings(); got != 1 {
+		t.Errorf("%d rings, want 1", got)
+	}
+
+	at := time.Now().Add(-time.Second).Truncate(time.Microsecond)
+	mustExec(t, pool, `SELECT pg_notify($1, json_build_object('schema', 'public', 'table', 'src', 'ts', $2::float8)::text)`,
+		dbsql.NotifyChannel, float64(at.UnixMicro())/1e6)
+	waitFor(t, 10*time.Second, "an old-format notification to be a change", func() bool {
+		r.rec.mu.Lock()
+		defer r.rec.mu.Unlock()
+		return slices.ContainsFunc(r.rec.events, func(ev sinkEvent) bool {
+			return ev.kind == "changed" && ev.mode == config.DetectNotify && ev.src == srcName && ev.at.Sub(at).Abs() < time.Millisecond
+		})
+	})
+}
