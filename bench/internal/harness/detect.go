@@ -113,7 +113,11 @@ func (s *sizeEnv) detectMode(ctx context.Context, dt *results.Detect, m *results
 		}
 	}()
 	ms, err := s.startModeDaemon(ctx, "config-detect-"+m.Mode+".yaml", s.detectDB, m.Mode,
-		[][2]string{{"change_detection", m.Mode}}, func(started *daemon) { d = started })
+		// target_lag off: this measures when the daemon learns of a change;
+		// a refresh planned for the target can start in the same read
+		// interval and hide the event (stats dates its changes up to 10 s
+		// back, so its target is always due at once).
+		[][2]string{{"change_detection", m.Mode}, {"target_lag", "0s"}}, func(started *daemon) { d = started })
 	m.ConfigDiff = ms.diff
 	if err != nil {
 		return err
