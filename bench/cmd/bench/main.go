@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/refresherd/refresherd/bench/internal/harness"
+	"github.com/refresherd/refresherd/bench/internal/report"
 	"github.com/refresherd/refresherd/internal/daemontest"
 )
 
@@ -58,9 +59,27 @@ func run(args []string) int {
 	incWriterShapes := fs.String("inc-writer-shapes", "distinct", "incremental section: shapes of the writer test")
 	incWriterDuration := fs.Duration("inc-writer-duration", 0, "incremental section: pgbench -T per writer run (default 1s quick, 10s full)")
 	incWriterRounds := fs.Int("inc-writer-rounds", 0, "incremental section: writer rounds per mode and client count (default 1 quick, 3 full)")
+	render := fs.String("render", "", "write the report again from a run's results.gob (into -out, default that file's folder) without measuring")
 	pgIvmSrc := fs.String("pgivm-src", "", "pg_ivm's source folder (default ../shared/anchors/pg_ivm beside the repository)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *render != "" {
+		run, err := report.Load(*render)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		dir := *out
+		if dir == "" {
+			dir = filepath.Dir(*render)
+		}
+		if err := report.Write(dir, run); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		log.Printf("report written again from %s: %s", *render, filepath.Join(dir, "report.md"))
+		return 0
 	}
 	o := harness.Options{
 		Profile:        *size,

@@ -536,7 +536,7 @@ func (ie *incEnv) freshRun(ctx context.Context, d *daemon, system, db string, ra
 		for _, rd := range roundsSince(d, lines0) {
 			ivs = append(ivs, interval{rd.end.Add(-rd.dur), rd.end})
 			if rd.groups > 0 && system != results.StrategyFull {
-				ie.r.Rounds = append(ie.r.Rounds, results.Round{Source: fmt.Sprintf("%g/s", rate), Groups: rd.groups, Seconds: rd.dur.Seconds()})
+				ie.r.Rounds = append(ie.r.Rounds, results.Round{Source: fmt.Sprintf("%s at %g/s", system, rate), Groups: rd.groups, Seconds: rd.dur.Seconds()})
 			}
 		}
 		during := "during rounds"

@@ -4,6 +4,8 @@
 package report
 
 import (
+	"bytes"
+	"encoding/gob"
 	"fmt"
 	"math"
 	"os"
@@ -26,11 +28,38 @@ func Write(dir string, run *results.Run) error {
 	if err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
+	// The measurements themselves, so that the report can be written again
+	// from them (bench -render) without measuring again.
+	if err := Save(filepath.Join(dir, "results.gob"), run); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
 	md := Markdown(run, plots)
 	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(md), 0o644); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
+}
+
+// Save writes run to path (gob: it keeps NaN, which JSON cannot).
+func Save(path string, run *results.Run) error {
+	var buf bytes.Buffer
+	if err := gob.NewEncoder(&buf).Encode(run); err != nil {
+		return fmt.Errorf("save results: %w", err)
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
+}
+
+// Load reads what Save wrote.
+func Load(path string) (*results.Run, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load results: %w", err)
+	}
+	var run results.Run
+	if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&run); err != nil {
+		return nil, fmt.Errorf("load results %s: %w", path, err)
+	}
+	return &run, nil
 }
 
 // Markdown renders the report; plots are the PNG file names by section.

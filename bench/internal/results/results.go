@@ -301,7 +301,7 @@ type IncRun struct {
 
 // Round is one incremental round from the daemon's "refreshed" log line.
 type Round struct {
-	Source  string // "<rate>/s" (freshness run) or "sweep"
+	Source  string // "<strategy> at <rate>/s" (freshness run) or "sweep"
 	Groups  int
 	Seconds float64
 }
