@@ -407,6 +407,12 @@ func (s *sizeEnv) track(ctx context.Context, sp trackSpec) (trackOut, error) {
 			runErr = err
 		}
 	case err := <-trDone:
+		if err == nil {
+			err = ctx.Err() // Run returns nil when its context ends
+		}
+		if err == nil {
+			err = errors.New("returned early")
+		}
 		runErr = fmt.Errorf("track: tracker stopped: %w", err)
 		trDone <- nil
 	}
