@@ -49,7 +49,7 @@ func run(args []string) int {
 	detectProbes := fs.Int("detect-probes", 0, "isolated probe commits per mode in the detection test (default 4 quick, 50 full)")
 	skip := fs.String("skip", "", "sections not to run, for working on the harness: cost,reader,fresh,cron,writer,detect,idle,incremental")
 	incremental := fs.Bool("incremental", false, "run the incremental-strategy section (always on in quick mode unless skipped)")
-	shapes := fs.String("shapes", "demo,distinct", "incremental section: data shapes (demo: groups saturate; distinct: nearly every charge its own group)")
+	shapes := fs.String("shapes", "", "incremental section: data shapes, demo (groups saturate) and distinct (nearly every charge its own group) (default demo,distinct; quick: distinct)")
 	incStrategies := fs.String("inc-strategies", "", "incremental section: strategies, of "+strings.Join(harness.IncStrategyNames, ",")+" (default all; quick: incremental,full,pgivm)")
 	incSizes := fs.String("inc-sizes", "", "incremental section: data sizes (default: quick 20k, full the -sizes with auto as 10M)")
 	incWindow := fs.Duration("inc-window", 0, "incremental section: measured window of each freshness run (default 2s quick, 30s full)")

@@ -155,7 +155,7 @@ func (e *env) incRun(ctx context.Context, shape string, n int) error {
 		copies = append(copies, "incw_"+m+"_"+tag)
 	}
 	for _, c := range copies {
-		if err := ie.copyDB(ctx, c); err != nil {
+		if err := ie.copy(ctx, c); err != nil {
 			return err
 		}
 		ie.dbs = append(ie.dbs, c)
@@ -190,6 +190,24 @@ func (e *env) incRun(ctx context.Context, shape string, n int) error {
 		if err := ie.writer(ctx, writerModes); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// copy copies the loaded data: FILE_COPY (a checkpoint, then the files)
+// for the large sizes, WAL_LOG (no checkpoint) for small ones.
+func (ie *incEnv) copy(ctx context.Context, name string) error {
+	if ie.size.Charges > 100_000 {
+		return ie.copyDB(ctx, name)
+	}
+	conn, err := pgx.Connect(ctx, ie.cluster.URL("postgres"))
+	if err != nil {
+		return fmt.Errorf("copy database %s: %w", name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE "+
+		pgx.Identifier{ie.db}.Sanitize()+" STRATEGY WAL_LOG"); err != nil {
+		return fmt.Errorf("copy database %s: %w", name, err)
 	}
 	return nil
 }
