@@ -59,6 +59,15 @@ func run(args []string) int {
 	incWriterShapes := fs.String("inc-writer-shapes", "distinct", "incremental section: shapes of the writer test")
 	incWriterDuration := fs.Duration("inc-writer-duration", 0, "incremental section: pgbench -T per writer run (default 1s quick, 10s full)")
 	incWriterRounds := fs.Int("inc-writer-rounds", 0, "incremental section: writer rounds per mode and client count (default 1 quick, 3 full)")
+	pgSettings := map[string]string{}
+	fs.Func("pg-setting", "extra PostgreSQL setting of the throwaway cluster, NAME=VALUE (repeatable), e.g. shared_buffers=2GB; the report lists the server settings", func(v string) error {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("want NAME=VALUE, got %q", v)
+		}
+		pgSettings[k] = val
+		return nil
+	})
 	render := fs.String("render", "", "write the report again from a run's results.gob (into -out, default that file's folder) without measuring")
 	pgIvmSrc := fs.String("pgivm-src", "", "pg_ivm's source folder (default ../shared/anchors/pg_ivm beside the repository)")
 	if err := fs.Parse(args); err != nil {
@@ -103,6 +112,7 @@ func run(args []string) int {
 		IncWriterDuration: *incWriterDuration,
 		IncWriterRounds:   *incWriterRounds,
 		PgIvmSrc:          *pgIvmSrc,
+		PGSettings:        pgSettings,
 	}
 	if o.Out == "" {
 		o.Out = filepath.Join(daemontest.ModuleRoot(), "bench", "results", *size)

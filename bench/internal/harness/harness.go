@@ -209,6 +209,9 @@ func (e *env) runAll(ctx context.Context, root string, deferred func(func())) er
 			}
 		}
 	}
+	for k, v := range o.PGSettings {
+		settings[k] = v
+	}
 	e.logf("starting PostgreSQL (fsync on)")
 	cluster, err := pgcluster.Start(ctx, pgcluster.Options{FsyncOn: true, Settings: settings, Logf: e.logf})
 	if err != nil {

@@ -71,6 +71,9 @@ type Options struct {
 	IncWriterShapes   []string
 	IncWriterDuration time.Duration
 	IncWriterRounds   int
+	// PGSettings are extra server settings (e.g. shared_buffers), shown
+	// in the report's server settings.
+	PGSettings map[string]string
 	// PgIvmSrc is pg_ivm's source folder (default ../shared/anchors/pg_ivm
 	// beside the repository).
 	PgIvmSrc string
