@@ -52,13 +52,18 @@ func TestQuickBenchSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	report := string(md)
-	for _, h := range []string{"## Findings", "## 1. Freshness lag", "## 2. Refresh cost", "## 3. Reader impact", "## 4. Writer impact", "## 5. Change detection", "## 6. Idle and footprint"} {
+	for _, h := range []string{"## Findings", "## 1. Freshness lag", "## 2. Refresh cost", "## 3. Reader impact", "## 4. Writer impact", "## 5. Change detection", "## 6. Idle and footprint",
+		"## 7. Incremental strategy (issue 12)", "### Targets", "### Freshness lag", "### Apply time per round against touched groups", "### Readers during rounds", "### Writers", "### Verification", "### Not run"} {
 		if !strings.Contains(report, "\n"+h+"\n") {
 			t.Errorf("report has no section %q", h)
 		}
 	}
 	checkTables(t, report)
-	for _, name := range []string{"freshness_lag_100k.png", "refresh_duration.png", "reader_latency.png", "writer_tps.png"} {
+	pngs := []string{"freshness_lag_100k.png", "refresh_duration.png", "reader_latency.png", "writer_tps.png", "inc_apply_time.png", "inc_writer_tps_1.png"}
+	for _, r := range run.Incremental.Runs {
+		pngs = append(pngs, "inc_lag_"+r.Shape+"_"+strings.ToLower(r.Label)+".png")
+	}
+	for _, name := range pngs {
 		checkPNG(t, filepath.Join(out, name))
 		if !strings.Contains(report, "]("+name+")") {
 			t.Errorf("report does not show %s", name)
@@ -124,6 +129,7 @@ func checkResults(t *testing.T, run *results.Run) {
 		}
 	}
 	checkDetect(t, run)
+	checkIncremental(t, run)
 	if run.Idle == nil || run.Idle.Seconds <= 0 || run.Idle.RSSBytes <= 0 {
 		t.Errorf("idle section incomplete: %+v", run.Idle)
 	}
@@ -173,6 +179,110 @@ func checkDetect(t *testing.T, run *results.Run) {
 	}
 	if want := []string{"notify", "changelog", "stats"}; !slices.Equal(modes, want) {
 		t.Errorf("change detection modes %v, want %v", modes, want)
+	}
+}
+
+// checkIncremental checks the incremental section at its tiny size: the
+// distinct shape, every strategy the quick profile asks for (pg_ivm only when it is
+// available, and then the report must say why not), freshness at every
+// rate with no commit unseen, rounds with touched groups from the runs and
+// the sweep, readers during rounds, `refresherd verify` equal, and the
+// writer test's modes with per-round ratios.
+func checkIncremental(t *testing.T, run *results.Run) {
+	t.Helper()
+	inc := run.Incremental
+	if inc == nil {
+		t.Fatal("no incremental section")
+	}
+	if len(inc.Runs) != 1 || inc.Runs[0].Shape != results.ShapeDistinct {
+		t.Fatalf("incremental section: %d data sets, want 1 (the distinct shape)", len(inc.Runs))
+	}
+	systems := []string{results.StrategyIncremental, results.StrategyFull, results.StrategyPgIvm}
+	if !inc.PgIvmOK {
+		t.Logf("pg_ivm not available: %s", inc.PgIvm)
+		systems = systems[:2]
+		if !strings.HasPrefix(inc.PgIvm, "not available: ") {
+			t.Errorf("pg_ivm: %q does not say why it is not available", inc.PgIvm)
+		}
+	}
+	for _, r := range inc.Runs {
+		where := r.Shape + " " + r.Label
+		if r.Groups <= 0 || r.LoadSeconds <= 0 || r.Index == "" || r.PopulateSeconds <= 0 {
+			t.Errorf("incremental %s: groups %d, load %v, index %q, population %v", where, r.Groups, r.LoadSeconds, r.Index, r.PopulateSeconds)
+		}
+		for _, sys := range systems {
+			for _, rate := range inc.Rates {
+				n := 0
+				for _, f := range r.Freshness {
+					if f.System == sys && f.TargetRate == rate {
+						n++
+						if f.Summary.N == 0 || f.Unseen != 0 {
+							t.Errorf("incremental %s, %s at %g/s: %d lags, %d unseen", where, sys, rate, f.Summary.N, f.Unseen)
+						}
+					}
+				}
+				if n != 1 {
+					t.Errorf("incremental %s, %s at %g/s: %d freshness rows, want 1", where, sys, rate, n)
+				}
+			}
+		}
+		sweep, fromRuns := 0, 0
+		for _, rd := range r.Rounds {
+			if rd.Groups <= 0 || rd.Seconds <= 0 {
+				t.Errorf("incremental %s: round %+v", where, rd)
+			}
+			if rd.Source == "sweep" {
+				sweep++
+			} else {
+				fromRuns++
+			}
+		}
+		if sweep < len(inc.Sweep) || fromRuns == 0 {
+			t.Errorf("incremental %s: %d sweep rounds (want %d), %d rounds from the freshness runs", where, sweep, len(inc.Sweep), fromRuns)
+		}
+		during := 0
+		for _, rd := range r.Reader {
+			if strings.HasPrefix(rd.Condition, results.StrategyIncremental+" at") && strings.HasSuffix(rd.Condition, "during rounds") && rd.Summary.N > 0 {
+				during++
+			}
+		}
+		if during == 0 {
+			t.Errorf("incremental %s: no reader sample during a round", where)
+		}
+		verified := false
+		for _, v := range r.Verify {
+			if v.Strategy == results.StrategyIncremental {
+				verified = true
+				if v.Exit != 0 || v.Mismatched != 0 {
+					t.Errorf("incremental %s: refresherd verify exit %d, %d mismatched: %s", where, v.Exit, v.Mismatched, v.Output)
+				}
+			} else if v.Mismatched != 0 {
+				t.Errorf("incremental %s: %s content check: %s", where, v.Strategy, v.Output)
+			}
+		}
+		if !verified {
+			t.Errorf("incremental %s: refresherd verify did not run", where)
+		}
+	}
+	if len(inc.Writers) != 1 {
+		t.Fatalf("incremental section: %d writer tests, want 1", len(inc.Writers))
+	}
+	w := inc.Writers[0]
+	want := []string{results.BaselineMode, "capture", "incremental"}
+	if inc.PgIvmOK {
+		want = append(want, "pg_ivm")
+	}
+	var modes []string
+	for _, m := range w.Modes {
+		modes = append(modes, m.Mode)
+		for _, c := range w.Clients {
+			if len(m.TPS[c]) != w.Rounds || !(m.MedianRatio[c] > 0) {
+				t.Errorf("incremental writer test, %s, %d clients: TPS %v, median ratio %v", m.Mode, c, m.TPS[c], m.MedianRatio[c])
+			}
+		}
+	}
+	if !slices.Equal(modes, want) {
+		t.Errorf("incremental writer test modes %v, want %v", modes, want)
 	}
 }
 

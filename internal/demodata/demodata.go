@@ -101,6 +101,12 @@ type Size struct {
 	Months        int     // consecutive months ending LastMonth
 	NoJobFraction float64 // share of charges with job_id NULL
 	Seed          int64
+	// IndependentJobs draws a charge's user, job and month independently
+	// (a job is not tied to one user and a run of months), so nearly every
+	// charge with a job is a (user, job, month) group of its own: about
+	// 950k groups at 1M charges with DefaultSize's users, jobs and months.
+	// False (the default) is the demo's shape, where groups saturate.
+	IndependentJobs bool
 }
 
 // LastMonth is the newest month of the data.
@@ -151,7 +157,8 @@ func (s Size) seedFor(k uint64) string {
 // Shape: a charge without a job goes to a random user and month; a job
 // belongs to one user (a hash of the job id) and runs for 1-6 consecutive
 // months, and its charges fall in those months, so jobs form a realistic
-// number of (user, job, month) groups.
+// number of (user, job, month) groups. With IndependentJobs every charge
+// draws its user and month independently of its job.
 func (s Size) chargeSelect(from string) string {
 	const mask = "9223372036854775807" // clears the sign bit: values stay >= 0
 	h := func(col string, k uint64) string {
@@ -159,6 +166,17 @@ func (s Size) chargeSelect(from string) string {
 	}
 	noJobPPM := strconv.Itoa(int(s.NoJobFraction*1_000_000 + 0.5))
 	users, jobs, months := strconv.Itoa(s.Users), strconv.Itoa(s.Jobs), strconv.Itoa(s.Months)
+	// Who and when: a job's user and months (the demo), or a user and a
+	// month of the charge's own (IndependentJobs: own hash streams, as
+	// r.pick also picks the job and pick % users would tie the two).
+	who := `CROSS JOIN LATERAL (SELECT least(1 + ` + h("j.job_id", 6) + ` % 6, ` + months + `) AS len) AS jl
+CROSS JOIN LATERAL (SELECT CASE WHEN j.job_id IS NULL THEN 1 + r.pick % ` + users + `
+                                ELSE 1 + ` + h("j.job_id", 7) + ` % ` + users + ` END AS user_id,
+                           CASE WHEN j.job_id IS NULL THEN r.at % ` + months + `
+                                ELSE ` + h("j.job_id", 8) + ` % (` + months + ` - jl.len + 1) + r.at % jl.len END AS idx) AS m`
+	if s.IndependentJobs {
+		who = `CROSS JOIN LATERAL (SELECT 1 + ` + h("s.g", 9) + ` % ` + users + ` AS user_id, ` + h("s.g", 10) + ` % ` + months + ` AS idx) AS m`
+	}
 	return `SELECT s.g,
        CASE WHEN r.kind % 2 = 0 THEN 'hw' ELSE 'sw' END AS type,
        ((1 + r.amt % 99999)::numeric / 100)::numeric(8,2) AS amount,
@@ -169,11 +187,7 @@ FROM ` + from + `
 CROSS JOIN LATERAL (SELECT ` + h("s.g", 1) + ` AS kind, ` + h("s.g", 2) + ` AS amt, ` + h("s.g", 3) + ` AS nojob,
                            ` + h("s.g", 4) + ` AS pick, ` + h("s.g", 5) + ` AS at) AS r
 CROSS JOIN LATERAL (SELECT CASE WHEN r.nojob % 1000000 < ` + noJobPPM + ` THEN NULL ELSE 1 + r.pick % ` + jobs + ` END AS job_id) AS j
-CROSS JOIN LATERAL (SELECT least(1 + ` + h("j.job_id", 6) + ` % 6, ` + months + `) AS len) AS jl
-CROSS JOIN LATERAL (SELECT CASE WHEN j.job_id IS NULL THEN 1 + r.pick % ` + users + `
-                                ELSE 1 + ` + h("j.job_id", 7) + ` % ` + users + ` END AS user_id,
-                           CASE WHEN j.job_id IS NULL THEN r.at % ` + months + `
-                                ELSE ` + h("j.job_id", 8) + ` % (` + months + ` - jl.len + 1) + r.at % jl.len END AS idx) AS m`
+` + who
 }
 
 // Load fills the empty demo tables (see CreateSchema) with s: users 1..Users

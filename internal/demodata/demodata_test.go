@@ -223,3 +223,32 @@ func TestLoadTiming(t *testing.T) {
 	c := sums(t, ctx, pool)
 	t.Logf("checksum in %s: %+v", time.Since(t0), c)
 }
+
+// IndependentJobs makes nearly every charge its own group, deterministically,
+// with the same user, job and month ranges; the demo's shape saturates.
+func TestLoadIndependentJobs(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	s := demodata.DefaultSize(20_000)
+	demo := sums(t, ctx, loaded(t, ctx, s))
+	s.IndependentJobs = true
+	a := sums(t, ctx, loaded(t, ctx, s))
+	if b := sums(t, ctx, loaded(t, ctx, s)); a != b {
+		t.Fatalf("same seed, different data:\n%+v\n%+v", a, b)
+	}
+	t.Logf("demo %+v\nindependent %+v", demo, a)
+	if a.Count != 20_000 || a.Months != 36 || a.Users != int64(s.Users) || a.MaxMonth.Format(time.DateOnly) != demodata.LastMonth {
+		t.Fatalf("unexpected shape %+v", a)
+	}
+	if f := float64(a.NoJob) / float64(a.Count); f < 0.18 || f > 0.22 {
+		t.Fatalf("no-job fraction %v", f)
+	}
+	// 16k charges with a job in 200 x 1000 x 36 groups, 4k without in
+	// 200 x 36: about 19.1k groups.
+	if f := float64(a.Groups) / float64(a.Count); f < 0.9 {
+		t.Fatalf("independent jobs: %d groups for %d charges (%.2f), want nearly one each", a.Groups, a.Count, f)
+	}
+	if demo.Groups >= a.Groups/2 {
+		t.Fatalf("demo shape has %d groups, independent %d: the shapes do not differ", demo.Groups, a.Groups)
+	}
+}

@@ -47,6 +47,20 @@ type Options struct {
 	StatusView string
 	// Every is the poll interval (default 20 ms).
 	Every time.Duration
+	// Lookup, when set, is the query that reads a group's total in cents
+	// from the summary, given the group's key as $1 (the shipped view's id,
+	// user_id:job_id-or-dash:YYYY-MM-DD), for a summary that has no such id
+	// column; no row means not visible. Default: View's hardware + software
+	// WHERE id = $1.
+	Lookup string
+}
+
+// LookupByGroup is a Lookup for a summary with user_id, job_id, month,
+// hardware and software columns but no id (e.g. a pg_ivm IMMV).
+func LookupByGroup(view string) string {
+	return `SELECT ((coalesce(hardware, 0) + coalesce(software, 0)) * 100)::bigint FROM ` + view + `
+WHERE user_id = split_part($1, ':', 1)::bigint AND month = split_part($1, ':', 3)::date
+  AND job_id IS NOT DISTINCT FROM nullif(split_part($1, ':', 2), '-')::bigint`
 }
 
 // Result is what a Tracker measured.
@@ -107,6 +121,9 @@ type Tracker struct {
 func New(o Options) *Tracker {
 	if o.Every <= 0 {
 		o.Every = 20 * time.Millisecond
+	}
+	if o.Lookup == "" {
+		o.Lookup = `SELECT ((coalesce(hardware, 0) + coalesce(software, 0)) * 100)::bigint FROM ` + o.View + ` WHERE id = $1`
 	}
 	return &Tracker{o: o, groups: map[string]*group{}, changed: make(chan struct{})}
 }
@@ -234,8 +251,7 @@ func (t *Tracker) poll(ctx context.Context, conn *pgx.Conn) error {
 
 	check := func(i int) (bool, error) {
 		var total int64
-		err := tx.QueryRow(ctx, `SELECT ((coalesce(hardware, 0) + coalesce(software, 0)) * 100)::bigint FROM `+t.o.View+` WHERE id = $1`,
-			t.pending[i].key).Scan(&total)
+		err := tx.QueryRow(ctx, t.o.Lookup, t.pending[i].key).Scan(&total)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return false, nil
 		}

@@ -64,23 +64,61 @@ func Run(ctx context.Context, o Options) (*results.Run, error) {
 			cleanups[i]()
 		}
 	}()
+	if o.PgIvmSrc == "" {
+		o.PgIvmSrc = filepath.Join(root, "..", "shared", "anchors", "pg_ivm")
+	}
 	err := e.runAll(ctx, root, func(f func()) { cleanups = append(cleanups, f) })
-	run.Elapsed = time.Since(run.Started)
 	e.mu.Lock()
 	if err != nil {
 		run.Problems = append(run.Problems, "the run stopped early: "+err.Error())
 	}
-	snapshot := *run
-	snapshot.Stops = slices.Clone(run.Stops)
-	snapshot.Problems = slices.Clone(run.Problems)
 	e.mu.Unlock()
+	if rerr := e.writeReport(); rerr != nil {
+		return run, errors.Join(err, fmt.Errorf("bench: %w", rerr))
+	}
 	if o.Out != "" {
-		if rerr := report.Write(o.Out, &snapshot); rerr != nil {
-			return run, errors.Join(err, fmt.Errorf("bench: %w", rerr))
-		}
 		o.Logf("report written to %s", filepath.Join(o.Out, "report.md"))
 	}
 	return run, err
+}
+
+// writeReport writes the report as it stands (a snapshot, as reapers may
+// still add stops).
+func (e *env) writeReport() error {
+	if e.o.Out == "" {
+		return nil
+	}
+	e.mu.Lock()
+	e.run.Elapsed = time.Since(e.run.Started)
+	snapshot := *e.run
+	snapshot.Stops = slices.Clone(e.run.Stops)
+	snapshot.Problems = slices.Clone(e.run.Problems)
+	e.mu.Unlock()
+	return report.Write(e.o.Out, &snapshot)
+}
+
+// interimReport writes the report so far, so that a run stopped later
+// still leaves what it measured.
+func (e *env) interimReport() {
+	if err := e.writeReport(); err != nil {
+		e.logf("interim report: %v", err)
+	}
+}
+
+// legacySections are the sections before the incremental one.
+var legacySections = []string{"cost", "reader", "fresh", "cron", "writer", "detect", "idle"}
+
+func (e *env) legacySkipped() bool {
+	for _, s := range legacySections {
+		if !slices.Contains(e.o.Skip, s) {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *env) incrementalOn() bool {
+	return e.o.Incremental && !slices.Contains(e.o.Skip, "incremental")
 }
 
 // problem records a problem for the report (safe from reapers).
@@ -149,6 +187,31 @@ func (e *env) runAll(ctx context.Context, root string, deferred func(func())) er
 		// pg_cron connects to run a job; the cluster listens on 127.0.0.1 only.
 		settings["cron.host"] = "127.0.0.1"
 	}
+	if e.incrementalOn() {
+		inc := &results.Incremental{
+			Strategies: slices.Clone(o.IncStrategies), Shapes: slices.Clone(o.Shapes), Rates: slices.Clone(o.Rates),
+			Window: o.IncWindow, StopAtEnd: o.Quick(), Readers: o.Readers, ReaderRate: o.ReaderRate,
+			Sweep: slices.Clone(o.IncSweep), FullMax: o.IncFullMax, PgIvmQuery: pgIvmQuery, Configs: map[string]string{},
+		}
+		run.Incremental = inc
+		if e.has("pgivm") {
+			how, version, err := pgtools.EnsurePgIvm(ctx, binDir, o.PgIvmSrc, work, e.logf)
+			if err != nil {
+				inc.PgIvm = "not available: " + err.Error()
+				e.problem("pg_ivm is not available, so its rows are missing: %v", err)
+			} else {
+				inc.PgIvm, inc.PgIvmOK, inc.PgIvmSetup = "pg_ivm "+version, true, how
+				if spl := settings["shared_preload_libraries"]; spl != "" {
+					settings["shared_preload_libraries"] = spl + ",pg_ivm"
+				} else {
+					settings["shared_preload_libraries"] = "pg_ivm"
+				}
+			}
+		}
+	}
+	for k, v := range o.PGSettings {
+		settings[k] = v
+	}
 	e.logf("starting PostgreSQL (fsync on)")
 	cluster, err := pgcluster.Start(ctx, pgcluster.Options{FsyncOn: true, Settings: settings, Logf: e.logf})
 	if err != nil {
@@ -168,15 +231,25 @@ func (e *env) runAll(ctx context.Context, root string, deferred func(func())) er
 		return err
 	}
 
-	for i, n := range o.Sizes {
-		if n == 0 {
-			n = e.chooseLargest()
+	if e.legacySkipped() {
+		run.Notes = append(run.Notes, "Sections 1-6 were not run (-skip "+strings.Join(legacySections, ",")+").")
+	} else {
+		for i, n := range o.Sizes {
+			if n == 0 {
+				n = e.chooseLargest()
+			}
+			if err := e.runSize(ctx, n, i == len(o.Sizes)-1); err != nil {
+				return err
+			}
 		}
-		if err := e.runSize(ctx, n, i == len(o.Sizes)-1); err != nil {
+	}
+	if e.incrementalOn() {
+		e.interimReport()
+		if err := e.incrementalSection(ctx); err != nil {
 			return err
 		}
 	}
-	if !o.Quick() && !slices.Contains(o.Sizes, 0) && !slices.Contains(o.Sizes, 10_000_000) {
+	if !e.legacySkipped() && !o.Quick() && !slices.Contains(o.Sizes, 0) && !slices.Contains(o.Sizes, 10_000_000) {
 		// What the automatic choice would make of this run's figures.
 		n := e.chooseLargest()
 		run.Notes = append(run.Notes, fmt.Sprintf("With -sizes ...,auto the largest size would be %s: %s", SizeLabel(n), strings.TrimPrefix(strings.TrimPrefix(run.SizeChoice, "10M: "), "5M instead of 10M: ")))

@@ -49,9 +49,34 @@ type Options struct {
 	Max10MRefresh   time.Duration // ... and its projected CONCURRENTLY refresh fits pg_cron's minute
 
 	// Skip names sections not to run (cost, reader, fresh, cron, writer,
-	// detect, idle), for working on the harness; the report shows them as
-	// not run.
+	// detect, idle, incremental), for working on the harness; the report
+	// shows them as not run.
 	Skip []string
+
+	// Incremental runs the incremental-strategy section (issue 12): always
+	// in quick mode (unless skipped), in full mode when set.
+	Incremental bool
+	// Shapes are the data shapes of the incremental section: demo (groups
+	// saturate) and distinct (nearly every charge its own group).
+	Shapes []string
+	// IncStrategies: incremental, incremental-shipped, full, cron, pgivm.
+	IncStrategies []string
+	IncSizes      []int         // default: quick 20k, full Sizes (auto: 10M)
+	IncWindow     time.Duration // measured window of a freshness run
+	IncFullMax    int           // full and pg_cron run at sizes up to this
+	IncSweep      []int         // apply sweep: charges per transaction
+	// IncWriterSize and IncWriterShapes: where the incremental writer
+	// test runs (default: 1M full, the quick size; the distinct shape).
+	IncWriterSize     int
+	IncWriterShapes   []string
+	IncWriterDuration time.Duration
+	IncWriterRounds   int
+	// PGSettings are extra server settings (e.g. shared_buffers), shown
+	// in the report's server settings.
+	PGSettings map[string]string
+	// PgIvmSrc is pg_ivm's source folder (default ../shared/anchors/pg_ivm
+	// beside the repository).
+	PgIvmSrc string
 
 	Logf func(string, ...any)
 }
@@ -131,6 +156,60 @@ func (o *Options) ApplyProfile() error {
 	setD(&o.DetectWindow, pick(2*time.Second, 30*time.Second))
 	setI(&o.DetectProbes, pickInt(4, 50))
 	setD(&o.DetectScrape, 10*time.Millisecond)
+	if quick {
+		o.Incremental = true
+	}
+	if len(o.Shapes) == 0 {
+		o.Shapes = []string{"demo", "distinct"}
+		if quick {
+			// One shape covers the section's code; the shapes differ only
+			// in their data.
+			o.Shapes = []string{"distinct"}
+		}
+	}
+	if len(o.IncStrategies) == 0 {
+		o.IncStrategies = []string{"incremental", "incremental-shipped", "full", "cron", "pgivm"}
+		if quick {
+			// pg_cron's tick costs a minute; the main quick section has one.
+			o.IncStrategies = []string{"incremental", "full", "pgivm"}
+		}
+	}
+	for _, st := range o.IncStrategies {
+		if !slices.Contains(IncStrategyNames, st) {
+			return fmt.Errorf("apply profile: unknown incremental-section strategy %q (want %s)", st, strings.Join(IncStrategyNames, ", "))
+		}
+	}
+	for _, sh := range append(slices.Clone(o.Shapes), o.IncWriterShapes...) {
+		if sh != "demo" && sh != "distinct" {
+			return fmt.Errorf("apply profile: unknown data shape %q (want demo or distinct)", sh)
+		}
+	}
+	if len(o.IncSizes) == 0 {
+		if quick {
+			o.IncSizes = []int{20_000}
+		} else {
+			for _, n := range o.Sizes {
+				if n == 0 {
+					n = 10_000_000
+				}
+				o.IncSizes = append(o.IncSizes, n)
+			}
+		}
+	}
+	setD(&o.IncWindow, pick(2*time.Second, 30*time.Second))
+	setI(&o.IncFullMax, pickInt(o.IncSizes[len(o.IncSizes)-1], 1_000_000))
+	if len(o.IncSweep) == 0 {
+		o.IncSweep = []int{10, 100, 1000}
+		if !quick {
+			o.IncSweep = append(o.IncSweep, 10_000)
+		}
+	}
+	setI(&o.IncWriterSize, pickInt(o.IncSizes[0], 1_000_000))
+	if len(o.IncWriterShapes) == 0 {
+		o.IncWriterShapes = []string{"distinct"}
+	}
+	setD(&o.IncWriterDuration, pick(time.Second, 10*time.Second))
+	setI(&o.IncWriterRounds, pickInt(1, 3))
 	setD(&o.Max10MLoad, 15*time.Minute)
 	setD(&o.Max10MRefresh, 45*time.Second)
 	if o.Logf == nil {
@@ -138,6 +217,10 @@ func (o *Options) ApplyProfile() error {
 	}
 	return nil
 }
+
+// IncStrategyNames are the incremental section's strategies as flags name
+// them.
+var IncStrategyNames = []string{"incremental", "incremental-shipped", "full", "cron", "pgivm"}
 
 // ParseSizes parses "100k,1m,auto" (k = thousand, m = million; auto = 0).
 func ParseSizes(s string) ([]int, error) {

@@ -130,16 +130,16 @@ type readerSample struct {
 	lat   time.Duration
 }
 
-// startReaders runs the app's query on rel from n connections, each paced
-// at rate queries per second with a random user each time, until stop is
-// called; stop returns every completed query.
-func (s *sizeEnv) startReaders(ctx context.Context, rel string) (stop func() ([]readerSample, error), err error) {
+// startReaders runs the app's query on rel in db from n connections, each
+// paced at rate queries per second with a random user each time, until stop
+// is called; stop returns every completed query.
+func (s *sizeEnv) startReaders(ctx context.Context, db, rel string) (stop func() ([]readerSample, error), err error) {
 	n, users := s.o.Readers, s.size.Users
 	interval := time.Duration(float64(time.Second) / s.o.ReaderRate)
 	sql := "SELECT * FROM " + rel + " WHERE user_id = $1"
 	conns := make([]*pgx.Conn, n)
 	for i := range conns {
-		if conns[i], err = pgx.Connect(ctx, s.cluster.URL(s.db)); err != nil {
+		if conns[i], err = pgx.Connect(ctx, s.cluster.URL(db)); err != nil {
 			for _, c := range conns[:i] {
 				_ = c.Close(context.WithoutCancel(ctx))
 			}
@@ -244,7 +244,7 @@ func (s *sizeEnv) readerSection(ctx context.Context) error {
 	var rows []results.ReaderRow
 
 	plainFor := func(cond, rel string) error {
-		stop, err := s.startReaders(ctx, rel)
+		stop, err := s.startReaders(ctx, s.db, rel)
 		if err != nil {
 			return err
 		}
@@ -263,7 +263,7 @@ func (s *sizeEnv) readerSection(ctx context.Context) error {
 	// During refresherd's refreshes: the windows are the refreshes' own
 	// start and end as the daemon logged them in refresherd.refresh_log.
 	during := func(cond string, refresh func() (interval, error)) error {
-		stop, err := s.startReaders(ctx, s.viewSQL)
+		stop, err := s.startReaders(ctx, s.db, s.viewSQL)
 		if err != nil {
 			return err
 		}
@@ -337,6 +337,9 @@ type trackSpec struct {
 	wait       time.Duration // after end, how long commits may take to be seen
 	// onCommit, when set, is also told of every acknowledged insert.
 	onCommit func(id int64, at time.Time)
+	// lookup, when set, replaces the tracker's read of a group's total
+	// (fresh.Options.Lookup): for a summary without the text id.
+	lookup string
 }
 
 type trackOut struct {
@@ -369,7 +372,7 @@ func (s *sizeEnv) track(ctx context.Context, sp trackSpec) (trackOut, error) {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
-	tr := fresh.New(fresh.Options{View: s.viewSQL, BaseID: baseID, WindowStart: sp.start, WindowEnd: sp.end, StatusView: sp.statusView})
+	tr := fresh.New(fresh.Options{View: s.viewSQL, BaseID: baseID, WindowStart: sp.start, WindowEnd: sp.end, StatusView: sp.statusView, Lookup: sp.lookup})
 	w := demodata.NewWriter(pool, s.size, int64(sp.rate)+s.size.Seed, s.logf)
 	w.Concurrency = conc
 	w.OnCommit = tr.Commit
@@ -404,6 +407,12 @@ func (s *sizeEnv) track(ctx context.Context, sp trackSpec) (trackOut, error) {
 			runErr = err
 		}
 	case err := <-trDone:
+		if err == nil {
+			err = ctx.Err() // Run returns nil when its context ends
+		}
+		if err == nil {
+			err = errors.New("returned early")
+		}
 		runErr = fmt.Errorf("track: tracker stopped: %w", err)
 		trDone <- nil
 	}

@@ -218,3 +218,93 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// EnsurePgIvm makes pg_ivm available to the PostgreSQL in binDir, built
+// from its source folder src (an anchor kept beside the repository; its
+// code is never copied into it): when pg_config's pkglibdir already holds
+// pg_ivm.so and its extension folder the control file of this very source,
+// nothing is done; otherwise, as root, it installs Debian's
+// postgresql-server-dev-MAJOR when PGXS is missing, builds a copy of src in
+// a folder under work (without LLVM bitcode) and runs `make install`. It
+// returns what it did and the version, for the report; an error says
+// plainly why pg_ivm is not available.
+func EnsurePgIvm(ctx context.Context, binDir, src, work string, logf func(string, ...any)) (how, version string, err error) {
+	control, err := os.ReadFile(filepath.Join(src, "pg_ivm.control"))
+	if err != nil {
+		return "", "", fmt.Errorf("ensure pg_ivm: no source at %s: %w", src, err)
+	}
+	m := regexp.MustCompile(`(?m)^default_version\s*=\s*'([^']+)'`).FindSubmatch(control)
+	if m == nil {
+		return "", "", fmt.Errorf("ensure pg_ivm: no default_version in %s", filepath.Join(src, "pg_ivm.control"))
+	}
+	version = string(m[1])
+	pgConfig := filepath.Join(binDir, "pg_config")
+	out, err := exec.CommandContext(ctx, pgConfig, "--pkglibdir", "--sharedir", "--pgxs", "--version").Output()
+	if err != nil {
+		return "", version, fmt.Errorf("ensure pg_ivm: pg_config: %w", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) < 4 {
+		return "", version, fmt.Errorf("ensure pg_ivm: pg_config printed %q", out)
+	}
+	libDir, shareDir, pgxs, pgVersion := strings.TrimSpace(lines[0]), strings.TrimSpace(lines[1]), strings.TrimSpace(lines[2]), strings.TrimSpace(lines[3])
+	so := filepath.Join(libDir, "pg_ivm.so")
+	installedControl := filepath.Join(shareDir, "extension", "pg_ivm.control")
+	installed := func() bool {
+		got, err := os.ReadFile(installedControl)
+		_, serr := os.Stat(so)
+		return err == nil && serr == nil && bytes.Equal(got, control)
+	}
+	if installed() {
+		return "already installed (" + so + ", built from " + src + ")", version, nil
+	}
+	if os.Geteuid() != 0 {
+		return "", version, fmt.Errorf("ensure pg_ivm: %s is missing and building and installing it from %s needs root", so, src)
+	}
+	var did []string
+	if _, err := os.Stat(pgxs); err != nil {
+		f := strings.Fields(pgVersion) // "PostgreSQL 15.18 (Debian ...)"
+		if len(f) < 2 {
+			return "", version, fmt.Errorf("ensure pg_ivm: cannot parse version %q", pgVersion)
+		}
+		major, _, _ := strings.Cut(f[1], ".")
+		pkg := "postgresql-server-dev-" + major
+		logf("installing %s with apt-get (to build pg_ivm)", pkg)
+		present := func() bool { _, err := os.Stat(pgxs); return err == nil }
+		if err := pgcluster.AptInstall(ctx, pkg, present); err != nil {
+			return "", version, fmt.Errorf("ensure pg_ivm: %w", err)
+		}
+		did = append(did, "installed "+pkg+" with apt-get")
+	}
+	build, err := os.MkdirTemp(work, "pg_ivm-build-")
+	if err != nil {
+		return "", version, fmt.Errorf("ensure pg_ivm: %w", err)
+	}
+	defer os.RemoveAll(build)
+	if err := os.CopyFS(build, os.DirFS(src)); err != nil {
+		return "", version, fmt.Errorf("ensure pg_ivm: copy %s: %w", src, err)
+	}
+	// The copy keeps the source's read-only modes; make writes objects.
+	_ = filepath.WalkDir(build, func(p string, d os.DirEntry, err error) error {
+		if err == nil {
+			mode := os.FileMode(0o644)
+			if d.IsDir() {
+				mode = 0o755
+			}
+			_ = os.Chmod(p, mode)
+		}
+		return nil
+	})
+	logf("building pg_ivm %s from %s", version, src)
+	for _, target := range []string{"all", "install"} {
+		cmd := exec.CommandContext(ctx, "make", "-C", build, "PG_CONFIG="+pgConfig, "with_llvm=no", target)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", version, fmt.Errorf("ensure pg_ivm: make %s: %w\n%s", target, err, tail(string(out), 1500))
+		}
+	}
+	if !installed() {
+		return "", version, fmt.Errorf("ensure pg_ivm: make install ran but %s or %s is missing", so, installedControl)
+	}
+	did = append(did, "built from "+src+" (PGXS, with_llvm=no) and installed with make install")
+	return strings.Join(did, "; "), version, nil
+}

@@ -48,6 +48,9 @@ func writePlots(dir string, run *results.Run) (map[string][]string, error) {
 			return nil, err
 		}
 	}
+	if err := incPlots(run, save); err != nil {
+		return nil, err
+	}
 	if p, err := writerPlot(run); err != nil {
 		return nil, err
 	} else if p != nil {

@@ -4,6 +4,8 @@
 package report
 
 import (
+	"bytes"
+	"encoding/gob"
 	"fmt"
 	"math"
 	"os"
@@ -26,11 +28,38 @@ func Write(dir string, run *results.Run) error {
 	if err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
+	// The measurements themselves, so that the report can be written again
+	// from them (bench -render) without measuring again.
+	if err := Save(filepath.Join(dir, "results.gob"), run); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
 	md := Markdown(run, plots)
 	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(md), 0o644); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
+}
+
+// Save writes run to path (gob: it keeps NaN, which JSON cannot).
+func Save(path string, run *results.Run) error {
+	var buf bytes.Buffer
+	if err := gob.NewEncoder(&buf).Encode(run); err != nil {
+		return fmt.Errorf("save results: %w", err)
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
+}
+
+// Load reads what Save wrote.
+func Load(path string) (*results.Run, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load results: %w", err)
+	}
+	var run results.Run
+	if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&run); err != nil {
+		return nil, fmt.Errorf("load results %s: %w", path, err)
+	}
+	return &run, nil
 }
 
 // Markdown renders the report; plots are the PNG file names by section.
@@ -63,12 +92,15 @@ func Markdown(run *results.Run, plots map[string][]string) string {
 		p("\n")
 	}
 
-	writeFreshness(&b, run, plots["freshness"])
-	writeCost(&b, run, plots["cost"])
-	writeReader(&b, run, plots["reader"])
-	writeWriter(&b, run, plots["writer"])
-	writeDetect(&b, run)
-	writeIdle(&b, run)
+	if legacyRan(run) {
+		writeFreshness(&b, run, plots["freshness"])
+		writeCost(&b, run, plots["cost"])
+		writeReader(&b, run, plots["reader"])
+		writeWriter(&b, run, plots["writer"])
+		writeDetect(&b, run)
+		writeIdle(&b, run)
+	}
+	writeIncremental(&b, run, plots)
 	if len(run.Notes) > 0 {
 		p("## Notes\n\n")
 		for _, n := range run.Notes {
@@ -111,6 +143,9 @@ func writeMachine(b *strings.Builder, run *results.Run) {
 		c.View, c.Debounce, c.MaxDelay, c.Schedule, c.Concurrently, c.Detection))
 	fmt.Fprintf(b, "\n")
 
+	if len(run.Sizes) == 0 {
+		return
+	}
 	fmt.Fprintf(b, "### Data (demodata.Load, deterministic, seeded)\n\n")
 	fmt.Fprintf(b, "| size | charges | users | jobs | months | seed | load time | copies for pg_cron/writer test | summary rows | app_charge size | summary size |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range run.Sizes {
@@ -122,6 +157,11 @@ func writeMachine(b *strings.Builder, run *results.Run) {
 		fmt.Fprintf(b, "\nLargest size: %s.\n", run.SizeChoice)
 	}
 	fmt.Fprintf(b, "\nThe summary gets an index on user_id (`CREATE INDEX ... ON app_chargesummary (user_id)`) as an app filtering by user would add; pg_cron's copy gets the same indexes.\n\n")
+}
+
+// legacyRan reports whether any of sections 1-6 ran.
+func legacyRan(run *results.Run) bool {
+	return len(run.Sizes) > 0 || run.Writer != nil || run.Detect != nil || run.Idle != nil
 }
 
 // pollInterval is how often the freshness reader looks: a lag is only
@@ -323,6 +363,20 @@ func writeWriter(b *strings.Builder, run *results.Run, plots []string) {
 	}
 	fmt.Fprintf(b, "Insert throughput (pgbench: mean of its per-second progress TPS after the first second, which is warm-up) of single-row autocommit INSERTs into app_charge at %s, %s per run, %d round(s). Each mode has its own copy of the data and its own daemon running with that `change_detection` (the shipped config otherwise; debounce, max_delay and the schedule raised to 1h/1h/24h so that no refresh competes with the writers: refresh cost is section 2), all started, settled and warmed up (an untimed pgbench run per copy) before the first run, and kept running, listening or polling, throughout. Per round and client count the modes run back to back, in an order that rotates with the round. `none` is the baseline: no trigger. TPS shown is the median over rounds; **ratio is the median over rounds of the mode's TPS over the baseline's in the same round** (in parentheses under every round), so that drift of the machine's throughput between rounds, tens of percent over minutes here, does not count as a mode's cost.\n\n",
 		w.SizeLabel, w.Duration, w.Rounds)
+	writerTable(b, w)
+	for _, m := range w.Modes {
+		if m.ConfigDiff != "" {
+			fmt.Fprintf(b, "- %s: shipped config.yaml with %s\n", m.Mode, m.ConfigDiff)
+		}
+	}
+	fmt.Fprintf(b, "\n")
+	for _, pl := range plots {
+		fmt.Fprintf(b, "![writer TPS by client count](%s)\n\n", pl)
+	}
+}
+
+// writerTable writes a writer test's table, the command and the script.
+func writerTable(b *strings.Builder, w *results.Writer) {
 	fmt.Fprintf(b, "| mode | triggers on app_charge |")
 	for _, c := range w.Clients {
 		fmt.Fprintf(b, " %d clients TPS | ratio |", c)
@@ -365,15 +419,6 @@ func writeWriter(b *strings.Builder, run *results.Run, plots []string) {
 		fmt.Fprintf(b, " %d | %s |\n", m.Refreshes, strings.Join(rounds, "; "))
 	}
 	fmt.Fprintf(b, "\nProduced by: `%s` with C in %v, against a copy of the %s data; the script:\n\n```\n%s```\n\n", w.Command, w.Clients, w.SizeLabel, w.Script)
-	for _, m := range w.Modes {
-		if m.ConfigDiff != "" {
-			fmt.Fprintf(b, "- %s: shipped config.yaml with %s\n", m.Mode, m.ConfigDiff)
-		}
-	}
-	fmt.Fprintf(b, "\n")
-	for _, pl := range plots {
-		fmt.Fprintf(b, "![writer TPS by client count](%s)\n\n", pl)
-	}
 }
 
 // joinRatios formats per-round ratios: "0.93x, 0.97x".
@@ -612,6 +657,7 @@ func Findings(run *results.Run) []string {
 		}
 	}
 	out = append(out, detectFindings(run)...)
+	out = append(out, incFindings(run)...)
 	if st := stopSummary(run.Stops); st.N > 0 {
 		line := fmt.Sprintf("Shutdown: SIGTERM to exit of a settled daemon took median %s, max %s over %d stops", secs(st.Median), secs(st.Max), st.N)
 		if st.Median >= 1 {

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -176,6 +177,38 @@ func TestDetectSectionTable(t *testing.T) {
 	} {
 		if !strings.Contains(sec, want) {
 			t.Errorf("section lacks %q:\n%s", want, sec)
+		}
+	}
+}
+
+// A run saved as results.gob renders the same report again, NaN included.
+func TestSaveLoadRendersTheSameReport(t *testing.T) {
+	run := losingRun()
+	run.Incremental = &results.Incremental{Rates: []float64{500}, Runs: []*results.IncRun{{
+		Shape: results.ShapeDistinct, Label: "10M", Charges: 10_000_000,
+		Freshness: []results.FreshRow{{System: results.StrategyIncremental, TargetRate: 500, Lags: []float64{0.2, 1.5}, Summary: stats.Summarize([]float64{0.2, 1.5})}},
+		Reader:    []results.ReaderRow{{Condition: "x", Summary: stats.Summarize(nil)}},
+		Verify:    []results.Verify{{Strategy: results.StrategyIncremental, Exit: 0, Mismatched: 0}},
+	}}}
+	path := filepath.Join(t.TempDir(), "results.gob")
+	if err := Save(path, run); err != nil {
+		t.Fatal(err)
+	}
+	back, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := Markdown(run, nil), Markdown(back, nil); a != b {
+		t.Fatalf("report differs after a round trip:\n%s\n---\n%s", a, b)
+	}
+	md := Markdown(back, nil)
+	for _, want := range []string{
+		"incremental lag p99 <= 1.00 s at 10M charges and 500 commits/s, distinct shape: MISSED (p99 1.50 s",
+		"demo shape: NOT MEASURED",
+		"verify mismatches 0: MET",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
 }

@@ -26,8 +26,9 @@ type Run struct {
 	Config      ConfigInfo
 	SizeChoice  string // why the largest size is what it is (full mode)
 	Sizes       []*Size
-	Writer      *Writer // nil when not run
-	Detect      *Detect // nil when not run
+	Writer      *Writer      // nil when not run
+	Detect      *Detect      // nil when not run
+	Incremental *Incremental // nil when not run
 	Idle        *Idle
 	Stops       []Stop    // daemons stopped with SIGTERM
 	LoadAvg     []float64 // 1-minute load average at each step's start
@@ -235,3 +236,83 @@ const (
 	SystemRefresherd = "refresherd"
 	SystemPgCron     = "pg_cron"
 )
+
+// Incremental is the incremental-strategy section (issue 12): per data
+// shape and size, freshness lag of each strategy, apply time per round,
+// readers during rounds, `refresherd verify`; per shape at one size, writer
+// throughput.
+type Incremental struct {
+	Strategies []string // asked for, in order (Strategy* constants)
+	Shapes     []string // ShapeDemo, ShapeDistinct
+	Rates      []float64
+	Window     time.Duration // measured window of a freshness run
+	StopAtEnd  bool          // writes stop at the window's end (quick)
+	Readers    int           // reader connections during freshness runs
+	ReaderRate float64       // queries per second per reader
+	Sweep      []int         // batch sizes of the apply sweep (charges per transaction)
+	FullMax    int           // largest size at which full and pg_cron run here
+	PgIvm      string        // "pg_ivm 1.15" or "not available: why"
+	PgIvmOK    bool
+	PgIvmSetup string
+	PgIvmQuery string            // the IMMV's definition
+	Configs    map[string]string // strategy: how its config differs from the shipped one
+	Runs       []*IncRun
+	Writers    []*Writer // per shape
+	NotRun     []string  // what was not run, and why
+}
+
+// Data shapes.
+const (
+	ShapeDemo     = "demo"     // demodata.DefaultSize: groups saturate
+	ShapeDistinct = "distinct" // IndependentJobs: nearly every charge its own group
+)
+
+// Strategies of the incremental section (FreshRow.System there).
+const (
+	StrategyIncremental = "incremental"
+	StrategyIncShipped  = "incremental, shipped debounce"
+	StrategyFull        = "full (CONCURRENTLY)"
+	StrategyPgCron      = "pg_cron"
+	StrategyPgIvm       = "pg_ivm"
+)
+
+// IncRun is one data shape at one size.
+type IncRun struct {
+	Shape               string
+	Label               string
+	Charges             int
+	Users, Jobs, Months int
+	Seed                int64
+	LoadSeconds         float64
+	Groups              int64    // rows of the summary after the first population
+	TableBytes          int64    // app_charge with indexes, after the advised index
+	Check               []string // refresherd check's lines about the view (before the index)
+	Index               string   // the index check advised, as created
+	IndexSeconds        float64
+	PopulateSeconds     float64 // the incremental daemon's start-up (initial rebuild) until settled
+	PgIvmCreateSeconds  float64
+	Freshness           []FreshRow
+	Rounds              []Round
+	Reader              []ReaderRow
+	Verify              []Verify
+	Rebuilds            map[string]float64 // refresherd_rebuilds_total by reason, at the end of the incremental runs
+	Notes               []string
+}
+
+// Round is one incremental round from the daemon's "refreshed" log line.
+type Round struct {
+	Source  string // "<strategy> at <rate>/s" (freshness run) or "sweep"
+	Groups  int
+	Seconds float64
+}
+
+// Verify is one `refresherd verify` run at the end of an incremental run
+// (or the content check of another strategy).
+type Verify struct {
+	Strategy   string
+	Command    string
+	Exit       int
+	Mismatched int64 // -1: not known
+	Output     string
+	Seconds    float64
+}
