@@ -240,3 +240,40 @@ func TestSwitchStrategyUnderReaders(t *testing.T) {
 		t.Fatalf("%d empty reads of %d", empties.Load(), reads.Load())
 	}
 }
+
+// TestConcurrentRoundsRetry: two refreshers (the daemon and a one-shot
+// `refresherd refresh`, or two replicas in a hand-over) run rounds of one
+// view at the same time while writes go on. The view lock serialises them,
+// but the waiting round's snapshot predates the other's commit: it must
+// run again instead of failing with a serialization error.
+func TestConcurrentRoundsRetry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, v := chargeDB(t, config.StrategyIncremental)
+	a, b := NewIncrementalStrategy(pool, "a"), NewIncrementalStrategy(pool, "b")
+	for _, s := range []*IncrementalStrategy{a, b} {
+		if _, err := s.Setup(ctx, &v, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Refresh(ctx, &v, TriggerStartup, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		mustExec(t, pool, `UPDATE public.app_charge SET amount = amount + 1 WHERE user_id % 4 = $1`, i%4)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for j, s := range []*IncrementalStrategy{a, b} {
+			wg.Go(func() { _, errs[j] = s.Refresh(ctx, &v, TriggerChange, nil) })
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+		}
+	}
+	if n := viewDiff(t, pool, &v); n != 0 {
+		t.Fatalf("summary differs from its query in %d rows", n)
+	}
+}

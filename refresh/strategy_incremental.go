@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
@@ -117,6 +118,15 @@ func (s *IncrementalStrategy) Refresh(ctx context.Context, v *config.View, trigg
 	ctx, cancel := context.WithTimeout(ctx, RefreshBound(v))
 	defer cancel()
 	out, err := s.round(ctx, v, trigger, fence)
+	// The round's snapshot is taken by its first statement, which also
+	// waits for the view lock: when another refresher (a one-shot
+	// `refresherd refresh`, a replica during a hand-over) held it, the
+	// snapshot predates that round's commit and touching its rows fails
+	// with a serialization error. Nothing was applied; run it again with a
+	// fresh snapshot.
+	for try := 1; isSerializationFailure(err) && try < roundRetries && ctx.Err() == nil; try++ {
+		out, err = s.round(ctx, v, trigger, fence)
+	}
 	out.Duration = time.Since(start)
 	if err != nil {
 		return out, fmt.Errorf("refresh %s: %w", v.Name, err)
@@ -239,6 +249,16 @@ func (s *IncrementalStrategy) round(ctx context.Context, v *config.View, trigger
 		return out, err
 	}
 	return out, nil
+}
+
+// roundRetries bounds a round's attempts after serialization failures.
+const roundRetries = 3
+
+// isSerializationFailure reports a REPEATABLE READ conflict (40001) or a
+// deadlock (40P01): the transaction did nothing and may run again.
+func isSerializationFailure(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
 }
 
 // RecordFailure implements Strategy.

@@ -57,7 +57,7 @@ func run(args []string) int {
 	incSweep := fs.String("inc-sweep", "", "incremental section: apply sweep batch sizes, charges per transaction (default 10,100,1000 quick; 10,100,1000,10000 full)")
 	incWriterSize := fs.String("inc-writer-size", "", "incremental section: size of the writer test (default: quick its size, full 1m)")
 	incWriterShapes := fs.String("inc-writer-shapes", "distinct", "incremental section: shapes of the writer test")
-	incWriterDuration := fs.Duration("inc-writer-duration", 0, "incremental section: pgbench -T per writer run (default 1s quick, 10s full)")
+	incWriterDuration := fs.Duration("inc-writer-duration", 0, "incremental section: pgbench -T per writer run (default 2s quick, 10s full)")
 	incWriterRounds := fs.Int("inc-writer-rounds", 0, "incremental section: writer rounds per mode and client count (default 1 quick, 3 full)")
 	pgSettings := map[string]string{}
 	fs.Func("pg-setting", "extra PostgreSQL setting of the throwaway cluster, NAME=VALUE (repeatable), e.g. shared_buffers=2GB; the report lists the server settings", func(v string) error {

@@ -208,7 +208,7 @@ func (o *Options) ApplyProfile() error {
 	if len(o.IncWriterShapes) == 0 {
 		o.IncWriterShapes = []string{"distinct"}
 	}
-	setD(&o.IncWriterDuration, pick(time.Second, 10*time.Second))
+	setD(&o.IncWriterDuration, pick(2*time.Second, 10*time.Second))
 	setI(&o.IncWriterRounds, pickInt(1, 3))
 	setD(&o.Max10MLoad, 15*time.Minute)
 	setD(&o.Max10MRefresh, 45*time.Second)
