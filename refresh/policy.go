@@ -287,16 +287,23 @@ func (sc *schedule) plan(now time.Time) plan {
 }
 
 // targetState says whether a refresh at `at` makes the oldest pending
-// change visible within target_lag.
+// change visible within target_lag. A refresh planned right at its
+// deadline starts a little after it (the worker looks when it is due), so
+// a tenth of the target (at least targetSlack) is tolerated: the state
+// says "out of reach" only when the plan itself cannot make it.
 func (sc *schedule) targetState(at time.Time) targetState {
-	if sc.settings.TargetLag <= 0 || !sc.p.dirty || sc.p.first.IsZero() {
+	lag := sc.settings.TargetLag
+	if lag <= 0 || !sc.p.dirty || sc.p.first.IsZero() {
 		return targetNone
 	}
-	if at.Add(sc.estimate).Sub(sc.p.oldest) > sc.settings.TargetLag {
+	if at.Add(sc.estimate).Sub(sc.p.oldest) > lag+max(lag/10, targetSlack) {
 		return targetMissed
 	}
 	return targetMet
 }
+
+// targetSlack is the least lateness targetState tolerates.
+const targetSlack = 100 * time.Millisecond
 
 func newSchedule(s config.Settings, retry Backoff, now time.Time) schedule {
 	sc := schedule{settings: s, retry: retry}

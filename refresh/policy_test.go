@@ -173,6 +173,7 @@ func TestDecide(t *testing.T) {
 	capture := config.Settings{Debounce: 50 * time.Millisecond, MaxDelay: 5 * time.Second, ChangeDetection: config.DetectCapture}
 	loaded := notify
 	loaded.MaxLoad = 0.5
+	targetedQuiet := config.Settings{Debounce: 5 * time.Second, MaxDelay: 10 * time.Second, TargetLag: 2 * time.Second, MaxLoad: 0.5, ChangeDetection: config.DetectNotify}
 	targeted := config.Settings{Debounce: time.Second, MaxDelay: 10 * time.Second, TargetLag: 2 * time.Second, MaxLoad: 0.5, ChangeDetection: config.DetectNotify}
 
 	type step struct {
@@ -214,6 +215,10 @@ func TestDecide(t *testing.T) {
 			{ms: 0, do: "ran:300"},
 			{ms: 1000, do: "change"}, {ms: 1500, do: "change"}, {ms: 1600, want: "none", nextMs: 2500, target: targetMet},
 			{ms: 2000, do: "change"}, {ms: 2500, do: "change"}, {ms: 2700, want: "refresh:change", target: targetMet},
+		}},
+		{name: "target: a refresh that starts a little after its deadline still meets it", s: targetedQuiet, steps: []step{
+			{ms: 0, do: "ran:500"}, {ms: 1000, do: "change"}, {ms: 1100, want: "none", nextMs: 2500, target: targetMet},
+			{ms: 2530, want: "refresh:change", target: targetMet},
 		}},
 		{name: "target: a burst after idle is still coalesced by the debounce", s: targeted, steps: []step{
 			{ms: 0, do: "ran:100"},
@@ -313,7 +318,7 @@ func TestDecide(t *testing.T) {
 					sc.newTerm()
 				case "idle":
 					sc.idle(now)
-				case "ran:100", "ran:300", "ran:1900", "ran:3000", "ran:4000":
+				case "ran:100", "ran:300", "ran:500", "ran:1900", "ran:3000", "ran:4000":
 					var ms int
 					fmt.Sscanf(st.do, "ran:%d", &ms)
 					sc.ran(now, time.Duration(ms)*time.Millisecond)
