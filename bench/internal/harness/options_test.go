@@ -60,3 +60,32 @@ func TestApplyProfileDetect(t *testing.T) {
 		t.Errorf("quick window %s leaves no commit for detection after the %s tail", q.DetectWindow, tail)
 	}
 }
+
+// The incremental section's defaults per profile, and bad names refused.
+func TestIncrementalDefaults(t *testing.T) {
+	q := Options{Profile: "quick"}
+	if err := q.ApplyProfile(); err != nil {
+		t.Fatal(err)
+	}
+	if !q.Incremental || !slices.Equal(q.Shapes, []string{"distinct"}) || !slices.Equal(q.IncSizes, []int{20_000}) ||
+		!slices.Equal(q.IncStrategies, []string{"incremental", "full", "pgivm"}) || q.IncWriterSize != 20_000 || q.IncFullMax != 20_000 {
+		t.Errorf("quick: %+v", q)
+	}
+	f := Options{Profile: "full", Sizes: []int{1_000_000, 0}}
+	if err := f.ApplyProfile(); err != nil {
+		t.Fatal(err)
+	}
+	if f.Incremental || !slices.Equal(f.Shapes, []string{"demo", "distinct"}) || !slices.Equal(f.IncSizes, []int{1_000_000, 10_000_000}) ||
+		len(f.IncStrategies) != 5 || f.IncWriterSize != 1_000_000 || f.IncFullMax != 1_000_000 || f.IncWindow != 30*time.Second {
+		t.Errorf("full: %+v", f)
+	}
+	for _, bad := range []Options{
+		{Profile: "quick", IncStrategies: []string{"ivm"}},
+		{Profile: "quick", Shapes: []string{"square"}},
+		{Profile: "quick", IncWriterShapes: []string{"x"}},
+	} {
+		if err := bad.ApplyProfile(); err == nil {
+			t.Errorf("accepted %+v", bad)
+		}
+	}
+}

@@ -269,10 +269,16 @@ func EnsurePgIvm(ctx context.Context, binDir, src, work string, logf func(string
 		}
 		major, _, _ := strings.Cut(f[1], ".")
 		pkg := "postgresql-server-dev-" + major
+		// The same version as the installed server: the newest
+		// server-dev would upgrade postgresql-MAJOR under the clusters
+		// that other tests may be running.
+		if v, err := exec.CommandContext(ctx, "dpkg-query", "-W", "-f=${Version}", "postgresql-"+major).Output(); err == nil && len(bytes.TrimSpace(v)) > 0 {
+			pkg += "=" + string(bytes.TrimSpace(v))
+		}
 		logf("installing %s with apt-get (to build pg_ivm)", pkg)
 		present := func() bool { _, err := os.Stat(pgxs); return err == nil }
 		if err := pgcluster.AptInstall(ctx, pkg, present); err != nil {
-			return "", version, fmt.Errorf("ensure pg_ivm: %w", err)
+			return "", version, fmt.Errorf("ensure pg_ivm: %s (the server's own version; a newer one would upgrade the server): %w", pkg, err)
 		}
 		did = append(did, "installed "+pkg+" with apt-get")
 	}

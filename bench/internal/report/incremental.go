@@ -97,7 +97,11 @@ func incTargets(inc *results.Incremental) []string {
 				continue
 			}
 			rt := capture.Ratio(c, base)
-			parts = append(parts, fmt.Sprintf("%d clients %s", c, fmtRatio(rt)))
+			part := fmt.Sprintf("%d clients %s", c, fmtRatio(rt))
+			if len(capture.Ratios[c]) > 1 {
+				part += " (rounds: " + joinRatios(capture.Ratios[c]) + ")"
+			}
+			parts = append(parts, part)
 			if (math.IsNaN(rt) || rt < incWriterRatio) && verdict == "MET" {
 				verdict = "MISSED"
 			}
@@ -166,6 +170,23 @@ func incFindings(run *results.Run) []string {
 			out = append(out, fmt.Sprintf("Incremental with the shipped debounce (%s shape, %s, %g/s): lag median %s, p99 %s: the shipped refresh.debounce (1s) applies to incremental views too (it overrides the 50 ms incremental default), so a user who only adds `strategy: incremental` to the shipped config gets this.",
 				r.Shape, r.Label, f.TargetRate, secs(f.Summary.Median), secs(f.Summary.P99)))
 		}
+	}
+	claims, commits, runs, fullClaims := 0, 0, 0, 0
+	for _, r := range inc.Runs {
+		for _, f := range r.Freshness {
+			switch {
+			case !f.ClaimChecks:
+			case f.System == results.StrategyIncremental || f.System == results.StrategyIncShipped:
+				claims += f.Violations
+				commits += f.Summary.N
+				runs++
+			case f.System == results.StrategyFull:
+				fullClaims += f.Violations
+			}
+		}
+	}
+	if claims > 0 {
+		out = append(out, fmt.Sprintf("refresherd.data_as_of claimed %d charges (of %d, over %d incremental runs) before the incremental summary showed them: a round's as-of is LATER than its snapshot (the full strategy: %d).", claims, commits, runs, fullClaims))
 	}
 	for _, w := range inc.Writers {
 		base := baseMode(w)
@@ -389,10 +410,19 @@ func writeIncremental(b *strings.Builder, run *results.Run, plots map[string][]s
 	p("\n")
 
 	p("### Not run\n\n")
-	if len(inc.NotRun) == 0 {
+	notRun := slices.Clone(inc.NotRun)
+	if len(inc.Writers) > 0 {
+		for _, r := range inc.Runs {
+			label := r.Label + ", " + r.Shape + " shape"
+			if !slices.ContainsFunc(inc.Writers, func(w *results.Writer) bool { return w.SizeLabel == label }) {
+				notRun = append(notRun, fmt.Sprintf("writer test, %s %s: it runs at one size and shape (-inc-writer-size, -inc-writer-shapes) to keep the section's time", r.Shape, r.Label))
+			}
+		}
+	}
+	if len(notRun) == 0 {
 		p("Everything asked for ran.\n\n")
 	}
-	for _, n := range inc.NotRun {
+	for _, n := range notRun {
 		p("- %s\n", n)
 	}
 	p("\n")
