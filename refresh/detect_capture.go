@@ -26,9 +26,14 @@ func (d *captureDetector) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		every := config.DefaultPollInterval
 		var ws []*worker
+		gen := map[*worker]uint64{}
 		for _, w := range d.e.snapshot() {
 			w.mu.Lock()
 			capture := w.ready && w.sched.settings.ChangeDetection == config.DetectCapture
+			// A round in flight reports the log when it commits; until
+			// then the log still shows the keys it drains.
+			capture = capture && !w.refreshing
+			gen[w] = w.refreshes
 			w.mu.Unlock()
 			if capture {
 				ws = append(ws, w)
@@ -58,7 +63,12 @@ func (d *captureDetector) run(ctx context.Context) {
 			}
 			if owed {
 				now := d.e.opts.Now()
-				w.update(func(p *pending) { p.change(oldest, now) })
+				w.mu.Lock()
+				stale := w.refreshing || w.refreshes != gen[w]
+				w.mu.Unlock()
+				if !stale {
+					w.update(func(p *pending) { p.change(oldest, now) })
+				}
 			}
 		}
 		if !sleep(ctx, time.Until(start.Add(every))) {

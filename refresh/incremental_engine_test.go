@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh/incremental"
 )
 
 // The incremental strategy driven by the engine, against real PostgreSQL:
@@ -275,5 +276,145 @@ func TestConcurrentRoundsRetry(t *testing.T) {
 	}
 	if n := viewDiff(t, pool, &v); n != 0 {
 		t.Fatalf("summary differs from its query in %d rows", n)
+	}
+}
+
+// TestConcurrentInitialRounds: two refreshers (a daemon and a one-shot
+// `refresherd refresh`) start on a summary that does not exist yet. The
+// second waits for the first's rebuild and then sees the table it built:
+// it must not build it again ("already exists") from a snapshot taken
+// before the first committed.
+func TestConcurrentInitialRounds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for i := range 5 {
+		pool, v := chargeDB(t, config.StrategyIncremental)
+		v.Name.Name = fmt.Sprintf("app_chargesummary_%d", i)
+		a, b := NewIncrementalStrategy(pool, "a"), NewIncrementalStrategy(pool, "b")
+		for _, s := range []*IncrementalStrategy{a, b} {
+			if _, err := s.Setup(ctx, &v, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var wg sync.WaitGroup
+		outs := make([]Outcome, 2)
+		errs := make([]error, 2)
+		for j, s := range []*IncrementalStrategy{a, b} {
+			wg.Go(func() { outs[j], errs[j] = s.Refresh(ctx, &v, TriggerStartup, nil) })
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatalf("try %d: %v", i, err)
+			}
+		}
+		if (outs[0].Rebuilt == RebuildInitial) == (outs[1].Rebuilt == RebuildInitial) {
+			t.Fatalf("try %d: rebuilt %q and %q, want exactly one initial rebuild", i, outs[0].Rebuilt, outs[1].Rebuilt)
+		}
+		if n := viewDiff(t, pool, &v); n != 0 {
+			t.Fatalf("try %d: summary differs from its query in %d rows", i, n)
+		}
+	}
+}
+
+// TestRoundSnapshotAfterLock: a round that waits for the round lock takes
+// its snapshot after getting it, so a charge committed while it waited is
+// in the summary, and its as-of is not later than its snapshot.
+func TestRoundSnapshotAfterLock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, v := chargeDB(t, config.StrategyIncremental)
+	s := NewIncrementalStrategy(pool, "a")
+	if _, err := s.Setup(ctx, &v, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Refresh(ctx, &v, TriggerStartup, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Another refresher holds the round lock.
+	holder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx) //nolint:errcheck // released below
+	if _, err := holder.Exec(ctx, "LOCK TABLE "+incremental.RoundLock(v.Name).Sanitized()+" IN EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id) VALUES ('hw', 1, '2026-01-01', 1)`)
+	type result struct {
+		out Outcome
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := s.Refresh(ctx, &v, TriggerChange, nil)
+		done <- result{out, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // the round waits for the lock
+	var committed time.Time
+	mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id) VALUES ('sw', 1000, '2026-01-01', 2)`)
+	if err := pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&committed); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !r.out.AsOf.After(committed) {
+		t.Fatalf("as-of %v not after the charge committed while the round waited (%v)", r.out.AsOf, committed)
+	}
+	if n := viewDiff(t, pool, &v); n != 0 {
+		t.Fatalf("the charge committed while the round waited for its lock is missing: summary differs from its query in %d rows", n)
+	}
+	if r.out.Backlog == nil || r.out.Backlog.Owed {
+		t.Fatalf("backlog after the round = %+v, want read and empty", r.out.Backlog)
+	}
+}
+
+// TestNoEmptyRoundAfterSlowRound: keys a round drains stay visible to the
+// change-log poll until it commits; a poll during a slow round must not
+// make the view owe another round (an empty one, with staleness growing
+// from the drained keys' time).
+func TestNoEmptyRoundAfterSlowRound(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, v := chargeDB(t, config.StrategyIncremental)
+	e := newTestEngine(t, pool, v)
+	runEngine(t, e)
+	incrementalSettled(t, e, pool, &v)
+	rounds := func() int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM refresherd.refresh_log WHERE view_name = $1`, v.Name.String()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := rounds()
+
+	holder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx) //nolint:errcheck // released below
+	if _, err := holder.Exec(ctx, "LOCK TABLE "+incremental.RoundLock(v.Name).Sanitized()+" IN EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id) VALUES ('hw', 1, '2026-01-01', 1)`)
+	waitFor(t, 10*time.Second, "the round to start", func() bool { return e.Status().Views[0].InProgress })
+	time.Sleep(10 * v.PollInterval) // polls while the round waits see the key
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	incrementalSettled(t, e, pool, &v)
+	time.Sleep(10 * v.PollInterval) // room for a spurious round
+	if st := e.Status().Views[0]; st.InProgress || st.PendingChanges != 0 {
+		t.Fatalf("after the round: in progress %v, pending changes %d; want idle", st.InProgress, st.PendingChanges)
+	}
+	if n := rounds() - before; n != 1 {
+		t.Fatalf("%d rounds for one charge, want 1", n)
 	}
 }

@@ -99,6 +99,19 @@ func (p *pending) blind(since, seen time.Time) {
 	p.dirty = true
 }
 
+// settle replaces the changes recorded while a refresh ran by what the
+// view's change log holds after it (b): change detection during the refresh
+// saw the keys it drained. Requests, ticks and catch-ups stay.
+func (p *pending) settle(b Backlog, seen time.Time) {
+	p.dirty, p.oldest, p.first, p.last, p.count = false, time.Time{}, time.Time{}, time.Time{}, 0
+	if !p.urgent && !p.manual && !p.tick {
+		p.owed = time.Time{}
+	}
+	if b.Owed {
+		p.change(b.Oldest, seen)
+	}
+}
+
 // request records a manual request to refresh now.
 func (p *pending) request(seen time.Time) {
 	p.manual = true

@@ -24,6 +24,18 @@ type Outcome struct {
 	Rebuilt string
 	// Touched is how many groups an incremental round recomputed.
 	Touched int64
+	// Backlog, when set, is the view's change log read after the commit:
+	// what is owed now, replacing what change detection saw during the
+	// refresh (keys the refresh drained were still visible until it
+	// committed).
+	Backlog *Backlog
+}
+
+// Backlog is what a view's change log holds: whether any change is owed,
+// and the oldest one's data time.
+type Backlog struct {
+	Owed   bool
+	Oldest time.Time
 }
 
 // Refresher runs refresh transactions against the pool.

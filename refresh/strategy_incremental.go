@@ -118,18 +118,31 @@ func (s *IncrementalStrategy) Refresh(ctx context.Context, v *config.View, trigg
 	ctx, cancel := context.WithTimeout(ctx, RefreshBound(v))
 	defer cancel()
 	out, err := s.round(ctx, v, trigger, fence)
-	// The round's snapshot is taken by its first statement, which also
-	// waits for the view lock: when another refresher (a one-shot
-	// `refresherd refresh`, a replica during a hand-over) held it, the
-	// snapshot predates that round's commit and touching its rows fails
-	// with a serialization error. Nothing was applied; run it again with a
-	// fresh snapshot.
+	if errors.Is(err, incremental.ErrNoRoundLock) {
+		// Dropped since set-up (or made by an older version): put it back.
+		err = withSetupLock(ctx, s.Pool, func(ctx context.Context, tx pgx.Tx) error {
+			return incremental.EnsureRoundLock(ctx, tx, v.Name)
+		})
+		if err == nil {
+			out, err = s.round(ctx, v, trigger, fence)
+		}
+	}
+	// A round that waited for the full strategy's view lock (a switch in
+	// progress) has a snapshot older than that refresh's commit, and
+	// touching its rows fails with a serialization error. Nothing was
+	// applied; run it again with a fresh snapshot.
 	for try := 1; isSerializationFailure(err) && try < roundRetries && ctx.Err() == nil; try++ {
 		out, err = s.round(ctx, v, trigger, fence)
 	}
 	out.Duration = time.Since(start)
 	if err != nil {
 		return out, fmt.Errorf("refresh %s: %w", v.Name, err)
+	}
+	// What arrived during the round, read now that its drain committed: a
+	// poll during the round still saw the keys it drained.
+	owed, oldest, perr := s.Pending(ctx, v)
+	if perr == nil {
+		out.Backlog = &Backlog{Owed: owed, Oldest: oldest}
 	}
 	return out, nil
 }
@@ -211,15 +224,24 @@ func (s *IncrementalStrategy) round(ctx context.Context, v *config.View, trigger
 		return out, fmt.Errorf("begin: %w", err)
 	}
 	defer rollback(ctx, tx)
-	if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)`,
-		pgDuration(v.StatementTimeout), pgDuration(v.LockTimeout)); err != nil {
+	// Nothing before the round lock may take a snapshot: SET (not
+	// set_config) and LOCK take none, so the snapshot of the first SELECT
+	// sees every round committed before this one got the lock.
+	if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = '"+pgDuration(v.StatementTimeout)+
+		"'; SET LOCAL lock_timeout = '"+pgDuration(v.LockTimeout)+"'"); err != nil {
 		return out, fmt.Errorf("set timeouts: %w", err)
 	}
-	// The snapshot is taken by this first statement; statement_timestamp()
-	// is when it began, so every change committed before the as-of is in
-	// the snapshot. A wait for the view lock only makes the as-of older.
+	if err := incremental.LockRound(ctx, tx, v.Name); err != nil {
+		return out, err
+	}
+	// The snapshot is taken by this statement; statement_timestamp() is
+	// when it began, so every change committed before the as-of is in the
+	// snapshot. Simple protocol: with the extended one the snapshot is
+	// taken at Parse or Bind but statement_timestamp() is reset by Execute. The view lock also serialises with the full strategy (a
+	// switch); waiting for it makes the snapshot older than that refresh's
+	// commit, which the retry on serialization failure covers.
 	if err := tx.QueryRow(ctx, `SELECT statement_timestamp() FROM (SELECT pg_advisory_xact_lock($1)) l`,
-		lockKey("view", v.Name.String())).Scan(&out.AsOf); err != nil {
+		pgx.QueryExecModeSimpleProtocol, lockKey("view", v.Name.String())).Scan(&out.AsOf); err != nil {
 		return out, fmt.Errorf("take view lock: %w", err)
 	}
 	reason, err := s.rebuildReason(ctx, tx, v, plan)

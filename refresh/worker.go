@@ -81,6 +81,9 @@ type worker struct {
 	setupAt    time.Time              // next set-up attempt
 	setupTry   int
 	refreshing bool
+	// refreshes counts refresh starts: a change-log poll that overlapped one
+	// is stale (the refresh reports the log after its commit instead).
+	refreshes uint64
 	// Last known results, for /status and staleness at start-up.
 	asOf        time.Time
 	lastSuccess time.Time
@@ -319,6 +322,7 @@ func (w *worker) refresh(ctx, refreshCtx context.Context, t *term, trigger Trigg
 	w.mu.Lock()
 	taken := w.sched.begin()
 	w.refreshing = true
+	w.refreshes++
 	w.mu.Unlock()
 
 	out, err := w.strategy.Refresh(rctx, w.view, trigger, t.fence)
@@ -358,6 +362,9 @@ func (w *worker) refresh(ctx, refreshCtx context.Context, t *term, trigger Trigg
 	}
 	if out.AsOf.After(w.asOf) {
 		w.asOf = out.AsOf
+	}
+	if out.Backlog != nil {
+		w.sched.p.settle(*out.Backlog, now)
 	}
 	w.lastSuccess = out.FinishedAt
 	w.lastResult, w.lastError = ResultSuccess, ""

@@ -21,7 +21,7 @@ var (
 const bodyTag = "$rfd_body$"
 
 // Install creates the plan's capture objects, idempotently: the shared
-// sentinel and rebuild-request tables, the key log, the trigger functions
+// sentinel and rebuild-request tables, the view's round lock, the key log, the trigger functions
 // and the triggers on the source, enabled ALWAYS (re-enabling any that was
 // disabled). It sets no sentinel: only a Rebuild makes the log
 // trustworthy.
@@ -51,6 +51,9 @@ func Install(ctx context.Context, tx pgx.Tx, p Plan) error {
 		}
 	}
 
+	if err := EnsureRoundLock(ctx, tx, p.View); err != nil {
+		return fmt.Errorf("install capture for %s: %w", p.View, err)
+	}
 	var exists bool
 	if err := tx.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, log.Sanitized()).Scan(&exists); err != nil {
 		return fmt.Errorf("install capture for %s: look up %s: %w", p.View, log, err)

@@ -79,6 +79,15 @@ func LogTable(p Plan) config.QualifiedName {
 	return config.QualifiedName{Schema: Schema, Name: Prefix + token(p) + "_log"}
 }
 
+// RoundLock is the view's round lock, refresherd.refresherd_inc_<token>_lock:
+// an empty view that rounds lock (LockRound) before their snapshot. It is
+// named after the summary, not the plan, so refreshers of two definitions
+// (a rolling upgrade) serialise too, and Uninstall leaves it.
+func RoundLock(view config.QualifiedName) config.QualifiedName {
+	h := sha256.Sum256([]byte(view.Schema + "\x00" + view.Name))
+	return config.QualifiedName{Schema: Schema, Name: Prefix + hex.EncodeToString(h[:])[:16] + "_lock"}
+}
+
 // trigger is one capture trigger and its function (same name; the
 // function is in Schema).
 type trigger struct {
