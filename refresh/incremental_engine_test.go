@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -179,9 +180,11 @@ func TestIncrementalUnderConcurrentWriters(t *testing.T) {
 	incrementalSettled(t, e, pool, &v)
 }
 
-// TestSwitchStrategyUnderReaders switches a view from full to incremental
-// and back by reloads while readers query it: no reader error, no empty
-// result, and the data equals the query after each switch.
+// TestSwitchStrategyUnderReaders switches a view from full to incremental,
+// to another incremental definition and back to full by reloads while
+// readers query it: no reader error, no empty result, and the data equals
+// the query after each switch (a changed definition is rebuilt at once, not
+// at the next change). Only the capture in use stays installed.
 func TestSwitchStrategyUnderReaders(t *testing.T) {
 	t.Parallel()
 	pool, full := chargeDB(t, config.StrategyFull)
@@ -212,7 +215,15 @@ func TestSwitchStrategyUnderReaders(t *testing.T) {
 	}
 	inc := full
 	inc.Strategy, inc.ChangeDetection = config.StrategyIncremental, config.DetectCapture
-	for i, v := range []config.View{inc, full} {
+	// A changed definition (the same groups): its own capture replaces the
+	// first one's.
+	inc2 := inc
+	inc2.Query = strings.Replace(inc.Query, "GROUP BY c.user_id, c.job_id, c.month", "GROUP BY c.month, c.user_id, c.job_id", 1)
+	if inc2.Query == inc.Query {
+		t.Fatal("the query did not change")
+	}
+	var logs []string
+	for i, v := range []config.View{inc, inc2, full} {
 		cfg := *e.cfg
 		cfg.Views = []config.View{v}
 		if _, err := e.Reload(&cfg); err != nil {
@@ -231,6 +242,22 @@ func TestSwitchStrategyUnderReaders(t *testing.T) {
 		})
 		mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id) VALUES ('sw', 3, '2026-02-01', 2)`)
 		waitFor(t, 20*time.Second, "the switched view to equal its query", func() bool { return viewDiff(t, pool, &v) == 0 })
+		// Only the capture in use is installed: four triggers, one key
+		// log (a new one per definition) and the round lock; none at all
+		// once the view runs full again.
+		wantCap := captureState{triggers: 4, logs: 1, locks: 1}
+		if v.Strategy == config.StrategyFull {
+			wantCap = captureState{}
+		}
+		var got captureState
+		waitFor(t, 10*time.Second, fmt.Sprintf("capture objects %+v", wantCap), func() bool {
+			got = captureObjects(t, pool)
+			return got.triggers == wantCap.triggers && got.logs == wantCap.logs && got.locks == wantCap.locks
+		})
+		logs = append(logs, got.logNames...)
+	}
+	if len(logs) != 2 || logs[0] == logs[1] {
+		t.Fatalf("key logs of the two incremental definitions: %v, want two different ones", logs)
 	}
 	stop()
 	wg.Wait()
@@ -240,6 +267,27 @@ func TestSwitchStrategyUnderReaders(t *testing.T) {
 	if empties.Load() > 0 || reads.Load() < 10 {
 		t.Fatalf("%d empty reads of %d", empties.Load(), reads.Load())
 	}
+}
+
+// captureState counts the incremental capture objects in the database.
+type captureState struct {
+	triggers, logs, locks int
+	logNames              []string
+}
+
+func captureObjects(t *testing.T, pool *pgxpool.Pool) captureState {
+	t.Helper()
+	var c captureState
+	err := pool.QueryRow(context.Background(), `SELECT
+			(SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.app_charge'::regclass AND tgname LIKE 'refresherd\_inc\_%'),
+			(SELECT count(*) FROM pg_class WHERE relnamespace = 'refresherd'::regnamespace AND relname LIKE 'refresherd\_inc\_%\_log'),
+			(SELECT count(*) FROM pg_class WHERE relnamespace = 'refresherd'::regnamespace AND relname LIKE 'refresherd\_inc\_%\_lock'),
+			(SELECT coalesce(array_agg(relname::text), '{}') FROM pg_class WHERE relnamespace = 'refresherd'::regnamespace AND relname LIKE 'refresherd\_inc\_%\_log')`).
+		Scan(&c.triggers, &c.logs, &c.locks, &c.logNames)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // TestConcurrentRoundsRetry: two refreshers (the daemon and a one-shot

@@ -2,11 +2,14 @@ package refresh
 
 import (
 	"context"
+	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh/incremental"
 )
 
 // Strategy is how a view's data is kept current: today's materialized view
@@ -42,6 +45,16 @@ type SetupResult struct {
 	// DefinitionErr: the definition changed but could not be applied; the
 	// old one stays in use (not a set-up failure).
 	DefinitionErr error
+	// RebuildDue: the existing summary does not match the definition or
+	// the strategy (an incremental view's next round rebuilds it): refresh
+	// now.
+	RebuildDue bool
+	// RemovedCapture lists the key logs of incremental capture the view no
+	// longer uses (an old definition, or the view now runs full) whose
+	// triggers and logs were dropped. CleanupErr: they could not be (not a
+	// set-up failure; the next set-up tries again).
+	RemovedCapture []string
+	CleanupErr     error
 }
 
 // Maintenance is what Maintain did.
@@ -88,7 +101,37 @@ func (s *MatviewStrategy) Setup(ctx context.Context, v *config.View, fence Fence
 		}
 		res.Rebuilt, res.AsOf = true, asOf
 	}
+	res.RemovedCapture, res.CleanupErr = removeCapture(ctx, s.Pool, v.Name)
 	return res, nil
+}
+
+// removeCapture drops the incremental capture (triggers, key logs, round
+// lock) of a view that is now a materialized view: after a switch to full
+// they would tax the source's writers and fill logs no round drains.
+// Nothing is done while the incremental table is still in place (a swap
+// that failed): it may be switched back.
+func removeCapture(ctx context.Context, pool *pgxpool.Pool, view config.QualifiedName) ([]string, error) {
+	var removed []string
+	err := withSetupLock(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		var matview bool
+		if err := tx.QueryRow(ctx, `SELECT coalesce((SELECT relkind = 'm' FROM pg_catalog.pg_class WHERE oid = to_regclass($1)), false)`,
+			view.Sanitized()).Scan(&matview); err != nil || !matview {
+			return err
+		}
+		if has, err := incremental.HasCapture(ctx, tx, view); err != nil || !has {
+			return err
+		}
+		var err error
+		removed, err = incremental.UninstallOthers(ctx, tx, view, "")
+		if err != nil {
+			return err
+		}
+		return incremental.DropRoundLock(ctx, tx, view)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("remove incremental capture of %s: %w", view, err)
+	}
+	return removed, nil
 }
 
 // Refresh implements Strategy.

@@ -88,8 +88,15 @@ func (s *IncrementalStrategy) Setup(ctx context.Context, v *config.View, _ Fence
 		if err := incremental.Install(ctx, tx, plan); err != nil {
 			return fmt.Errorf("install capture for %s: %w", v.Name, err)
 		}
+		// An old definition's capture: its rounds are over (the next one
+		// rebuilds), but its triggers would tax writers for ever.
+		removed, err := incremental.UninstallOthers(ctx, tx, v.Name, incremental.LogTable(plan).Name)
+		if err != nil {
+			return err
+		}
+		res.RemovedCapture = removed
 		var kind string
-		err := tx.QueryRow(ctx, `SELECT coalesce((SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)), '')`,
+		err = tx.QueryRow(ctx, `SELECT coalesce((SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)), '')`,
 			v.Name.Sanitized()).Scan(&kind)
 		if err != nil {
 			return fmt.Errorf("look up %s: %w", v.Name, err)
@@ -97,10 +104,18 @@ func (s *IncrementalStrategy) Setup(ctx context.Context, v *config.View, _ Fence
 		switch kind {
 		case "":
 			res.Created = true
+			return nil
 		case "r", "m":
 		default:
 			return fmt.Errorf("%s exists but is neither a table nor a materialized view (relkind %q): refresherd will not replace it", v.Name, kind)
 		}
+		// A summary of another definition or strategy (or a lost log) is
+		// rebuilt by the next round: run it now, not at the next change.
+		reason, err := s.rebuildReason(ctx, tx, v, plan)
+		if err != nil {
+			return err
+		}
+		res.RebuildDue = reason != ""
 		return nil
 	})
 	if err != nil {

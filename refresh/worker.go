@@ -289,11 +289,20 @@ func (w *worker) setup(ctx context.Context, t *term) bool {
 		w.sched.p.catchup(now, now, TriggerStartup)
 	case res.Adopted:
 		w.log.Info("adopted an existing materialized view: its definition is assumed to match the configuration")
+	case res.RebuildDue:
+		w.log.Info("the summary does not match its definition or strategy; rebuilding it")
+		w.sched.p.catchup(now, now, TriggerCatchup)
 	case res.Rebuilt:
 		w.log.Info("view rebuilt with the new definition and swapped in", zap.Time("data_as_of", res.AsOf))
 		// The rebuilt data is as of the build, whatever the old as-of was.
 		w.asOf, w.lastSuccess = res.AsOf, now
 		w.rec.Success(res.AsOf, now)
+	}
+	if len(res.RemovedCapture) > 0 {
+		w.log.Info("removed incremental capture the view no longer uses (triggers and key logs)", zap.Strings("logs", res.RemovedCapture))
+	}
+	if res.CleanupErr != nil {
+		w.log.Warn("could not remove incremental capture the view no longer uses; the next set-up tries again", zap.Error(res.CleanupErr))
 	}
 	if res.DefinitionErr != nil && (w.defErr == nil || w.defErr.Error() != res.DefinitionErr.Error()) {
 		w.log.Error("view definition not applied; the old definition stays in use", zap.Error(res.DefinitionErr))

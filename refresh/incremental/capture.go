@@ -15,6 +15,7 @@ import (
 var (
 	sentinelName = config.QualifiedName{Schema: Schema, Name: SentinelTable}
 	rebuildName  = config.QualifiedName{Schema: Schema, Name: RebuildTable}
+	registryName = config.QualifiedName{Schema: Schema, Name: RegistryTable}
 )
 
 // bodyTag dollar-quotes the trigger functions' bodies.
@@ -44,6 +45,11 @@ func Install(ctx context.Context, tx pgx.Tx, p Plan) error {
 			log_name     text PRIMARY KEY,
 			reason       text NOT NULL,
 			requested_at pg_catalog.timestamptz NOT NULL)`,
+		"CREATE TABLE IF NOT EXISTS " + registryName.Sanitized() + ` (
+			log_name     text PRIMARY KEY,
+			view_name    text NOT NULL,
+			source       text NOT NULL,
+			installed_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now())`,
 	}
 	for _, s := range shared {
 		if _, err := tx.Exec(ctx, s); err != nil {
@@ -53,6 +59,10 @@ func Install(ctx context.Context, tx pgx.Tx, p Plan) error {
 
 	if err := EnsureRoundLock(ctx, tx, p.View); err != nil {
 		return fmt.Errorf("install capture for %s: %w", p.View, err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO "+registryName.Sanitized()+` (log_name, view_name, source) VALUES ($1, $2, $3)
+		ON CONFLICT (log_name) DO NOTHING`, log.Name, p.View.String(), p.Source.String()); err != nil {
+		return fmt.Errorf("install capture for %s: register: %w", p.View, err)
 	}
 	var exists bool
 	if err := tx.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, log.Sanitized()).Scan(&exists); err != nil {
@@ -267,28 +277,89 @@ func MissingTriggers(ctx context.Context, q Queryer, p Plan) ([]string, error) {
 // Uninstall drops the plan's capture objects (not the summary) and its rows
 // in the shared tables. Missing objects are not an error.
 func Uninstall(ctx context.Context, tx pgx.Tx, p Plan) error {
-	for _, tr := range triggers(p) {
+	if err := uninstallLog(ctx, tx, LogTable(p).Name); err != nil {
+		return fmt.Errorf("uninstall capture for %s: %w", p.View, err)
+	}
+	return nil
+}
+
+// UninstallOthers drops the capture objects installed for view by any plan
+// but the one whose key log is keep ("" for all of them): a definition
+// change leaves the old plan's triggers on the source, taxing its writers
+// and filling a log no round drains. It returns the logs it removed.
+// Capture installed before the registry existed is not found.
+func UninstallOthers(ctx context.Context, tx pgx.Tx, view config.QualifiedName, keep string) ([]string, error) {
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, registryName.Sanitized()).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("uninstall old capture for %s: %w", view, err)
+	}
+	if !exists {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, "SELECT log_name FROM "+registryName.Sanitized()+" WHERE view_name = $1 AND log_name <> $2 ORDER BY log_name",
+		view.String(), keep)
+	if err != nil {
+		return nil, fmt.Errorf("uninstall old capture for %s: %w", view, err)
+	}
+	logs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("uninstall old capture for %s: %w", view, err)
+	}
+	for _, l := range logs {
+		if err := uninstallLog(ctx, tx, l); err != nil {
+			return nil, fmt.Errorf("uninstall old capture for %s: %w", view, err)
+		}
+	}
+	return logs, nil
+}
+
+// HasCapture reports whether any capture object of view is installed: a
+// registered key log or the round lock.
+func HasCapture(ctx context.Context, q Queryer, view config.QualifiedName) (bool, error) {
+	var lock, registry bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL`,
+		RoundLock(view).Sanitized(), registryName.Sanitized()).Scan(&lock, &registry); err != nil {
+		return false, fmt.Errorf("look up capture of %s: %w", view, err)
+	}
+	if lock || !registry {
+		return lock, nil
+	}
+	var logs bool
+	if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+registryName.Sanitized()+" WHERE view_name = $1)", view.String()).Scan(&logs); err != nil {
+		return false, fmt.Errorf("look up capture of %s: %w", view, err)
+	}
+	return logs, nil
+}
+
+// uninstallLog drops the trigger functions (and with them the triggers)
+// and the key log named log, and its rows in the shared tables.
+func uninstallLog(ctx context.Context, tx pgx.Tx, log string) error {
+	base, ok := strings.CutSuffix(log, "_log")
+	if !ok || !strings.HasPrefix(base, Prefix) {
+		return fmt.Errorf("%q is not a key log's name", log)
+	}
+	for _, tr := range captureTriggers(base) {
 		fn := config.QualifiedName{Schema: Schema, Name: tr.name}
 		// CASCADE drops the trigger that uses it, even on a source that
 		// was renamed since.
 		if _, err := tx.Exec(ctx, "DROP FUNCTION IF EXISTS "+fn.Sanitized()+"() CASCADE"); err != nil {
-			return fmt.Errorf("uninstall capture for %s: drop %s: %w", p.View, fn, err)
+			return fmt.Errorf("drop %s: %w", fn, err)
 		}
 	}
-	log := LogTable(p)
-	if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+log.Sanitized()); err != nil {
-		return fmt.Errorf("uninstall capture for %s: drop %s: %w", p.View, log, err)
+	logName := config.QualifiedName{Schema: Schema, Name: log}
+	if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+logName.Sanitized()); err != nil {
+		return fmt.Errorf("drop %s: %w", logName, err)
 	}
-	for _, t := range []config.QualifiedName{sentinelName, rebuildName} {
+	for _, t := range []config.QualifiedName{sentinelName, rebuildName, registryName} {
 		var exists bool
 		if err := tx.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, t.Sanitized()).Scan(&exists); err != nil {
-			return fmt.Errorf("uninstall capture for %s: look up %s: %w", p.View, t, err)
+			return fmt.Errorf("look up %s: %w", t, err)
 		}
 		if !exists {
 			continue
 		}
-		if _, err := tx.Exec(ctx, "DELETE FROM "+t.Sanitized()+" WHERE log_name = $1", log.Name); err != nil {
-			return fmt.Errorf("uninstall capture for %s: clear %s: %w", p.View, t, err)
+		if _, err := tx.Exec(ctx, "DELETE FROM "+t.Sanitized()+" WHERE log_name = $1", log); err != nil {
+			return fmt.Errorf("clear %s: %w", t, err)
 		}
 	}
 	return nil

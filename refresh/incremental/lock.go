@@ -62,3 +62,12 @@ func LockRound(ctx context.Context, tx pgx.Tx, view config.QualifiedName) error 
 	}
 	return nil
 }
+
+// DropRoundLock drops the view's round lock (the view no longer runs
+// incrementally).
+func DropRoundLock(ctx context.Context, tx pgx.Tx, view config.QualifiedName) error {
+	if _, err := tx.Exec(ctx, "DROP VIEW IF EXISTS "+RoundLock(view).Sanitized()); err != nil {
+		return fmt.Errorf("drop round lock of %s: %w", view, err)
+	}
+	return nil
+}

@@ -33,6 +33,9 @@ const (
 	// RebuildTable is logged: a TRUNCATE's request for a rebuild must
 	// survive a crash.
 	RebuildTable = "incremental_rebuild"
+	// RegistryTable lists each installed key log with its view, so the
+	// capture of a definition no longer in use can be found and removed.
+	RegistryTable = "incremental_capture"
 )
 
 // Names of the transition tables inside the trigger functions.
@@ -95,8 +98,11 @@ type trigger struct {
 	event string // INSERT, UPDATE, DELETE or TRUNCATE
 }
 
-func triggers(p Plan) []trigger {
-	base := Prefix + token(p)
+func triggers(p Plan) []trigger { return captureTriggers(Prefix + token(p)) }
+
+// captureTriggers are the triggers of the plan whose objects' names start
+// with base (Prefix + token).
+func captureTriggers(base string) []trigger {
 	return []trigger{
 		{base + "_ins", "INSERT"},
 		{base + "_upd", "UPDATE"},
