@@ -7,9 +7,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh/incremental"
 )
 
 // idleRecheck is how often a poller whose mode no view uses looks again (a
@@ -275,7 +277,8 @@ func (p *poller) next(ctx context.Context, start time.Time, every time.Duration,
 }
 
 // ensureTriggers makes every source table's triggers match the current views
-// (EnsureTriggers); lead calls it once the schema exists. A failure is
+// (EnsureTriggers) and removes the incremental capture of views no longer
+// configured; lead calls it once the schema exists. A failure is
 // logged, not retried: each view's set-up still adds the trigger it needs
 // and reports its own table's problem; a trigger left over is dropped at the
 // next term.
@@ -288,5 +291,21 @@ func (e *Engine) ensureTriggers(ctx context.Context, log *zap.Logger) {
 	}
 	if err := EnsureTriggers(ctx, e.pool, views); err != nil && ctx.Err() == nil {
 		log.Warn("could not make the change triggers of every source table match the views", zap.Error(err))
+	}
+	names := make([]config.QualifiedName, len(views))
+	for i := range views {
+		names[i] = views[i].Name
+	}
+	var removed []string
+	err := withSetupLock(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) error {
+		var err error
+		removed, err = incremental.UninstallOrphans(ctx, tx, names)
+		return err
+	})
+	switch {
+	case err != nil && ctx.Err() == nil:
+		log.Warn("could not remove the incremental capture of views no longer configured; the next term tries again", zap.Error(err))
+	case len(removed) > 0:
+		log.Info("removed the incremental capture (triggers and key logs) of views no longer configured; their summaries stay", zap.Strings("views", removed))
 	}
 }

@@ -466,3 +466,35 @@ func TestNoEmptyRoundAfterSlowRound(t *testing.T) {
 		t.Fatalf("%d rounds for one charge, want 1", n)
 	}
 }
+
+// TestRemovedViewLosesCapture: a view removed from the configuration keeps
+// its summary but loses its capture (triggers, key log, round lock), which
+// would otherwise tax writers and fill a log no round drains.
+func TestRemovedViewLosesCapture(t *testing.T) {
+	t.Parallel()
+	pool, inc := chargeDB(t, config.StrategyIncremental)
+	e := newTestEngine(t, pool, inc)
+	runEngine(t, e)
+	incrementalSettled(t, e, pool, &inc)
+	if c := captureObjects(t, pool); c.triggers != 4 || c.logs != 1 || c.locks != 1 {
+		t.Fatalf("capture objects %+v while incremental", c)
+	}
+	other := testView(t, "public.other_summary", `SELECT user_id, count(*) AS n FROM public.app_charge GROUP BY user_id`)
+	other.UniqueKey = []string{"user_id"}
+	cfg := *e.cfg
+	cfg.Views = []config.View{*other}
+	if _, err := e.Reload(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the removed view's capture to go", func() bool {
+		c := captureObjects(t, pool)
+		return c.triggers == 0 && c.logs == 0 && c.locks == 0
+	})
+	var kind string
+	if err := pool.QueryRow(context.Background(), `SELECT coalesce((SELECT relkind::text FROM pg_class WHERE oid = to_regclass('public.app_chargesummary')), '')`).Scan(&kind); err != nil {
+		t.Fatal(err)
+	}
+	if kind != "r" {
+		t.Fatalf("the removed view's summary: relkind %q, want it kept (r)", kind)
+	}
+}

@@ -49,6 +49,7 @@ func Install(ctx context.Context, tx pgx.Tx, p Plan) error {
 			log_name     text PRIMARY KEY,
 			view_name    text NOT NULL,
 			source       text NOT NULL,
+			round_lock   text NOT NULL,
 			installed_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now())`,
 	}
 	for _, s := range shared {
@@ -60,8 +61,8 @@ func Install(ctx context.Context, tx pgx.Tx, p Plan) error {
 	if err := EnsureRoundLock(ctx, tx, p.View); err != nil {
 		return fmt.Errorf("install capture for %s: %w", p.View, err)
 	}
-	if _, err := tx.Exec(ctx, "INSERT INTO "+registryName.Sanitized()+` (log_name, view_name, source) VALUES ($1, $2, $3)
-		ON CONFLICT (log_name) DO NOTHING`, log.Name, p.View.String(), p.Source.String()); err != nil {
+	if _, err := tx.Exec(ctx, "INSERT INTO "+registryName.Sanitized()+` (log_name, view_name, source, round_lock) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (log_name) DO NOTHING`, log.Name, p.View.String(), p.Source.String(), RoundLock(p.View).Name); err != nil {
 		return fmt.Errorf("install capture for %s: register: %w", p.View, err)
 	}
 	var exists bool
@@ -311,6 +312,51 @@ func UninstallOthers(ctx context.Context, tx pgx.Tx, view config.QualifiedName, 
 		}
 	}
 	return logs, nil
+}
+
+// UninstallOrphans drops the capture of every view not in configured (a
+// view removed from the configuration): its triggers would tax writers and
+// fill a log no round drains. The summaries themselves are left alone. It
+// returns the views whose capture it removed.
+func UninstallOrphans(ctx context.Context, tx pgx.Tx, configured []config.QualifiedName) ([]string, error) {
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, registryName.Sanitized()).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("uninstall capture of views not configured: %w", err)
+	}
+	if !exists {
+		return nil, nil
+	}
+	names := make([]string, len(configured))
+	for i, v := range configured {
+		names[i] = v.String()
+	}
+	type orphan struct{ log, view, lock string }
+	rows, err := tx.Query(ctx, "SELECT log_name, view_name, round_lock FROM "+registryName.Sanitized()+
+		" WHERE view_name <> ALL($1::text[]) ORDER BY view_name, log_name", names)
+	if err != nil {
+		return nil, fmt.Errorf("uninstall capture of views not configured: %w", err)
+	}
+	orphans, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (orphan, error) {
+		var o orphan
+		return o, r.Scan(&o.log, &o.view, &o.lock)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("uninstall capture of views not configured: %w", err)
+	}
+	var views []string
+	for _, o := range orphans {
+		if err := uninstallLog(ctx, tx, o.log); err != nil {
+			return nil, fmt.Errorf("uninstall capture of %s (not configured): %w", o.view, err)
+		}
+		lock := config.QualifiedName{Schema: Schema, Name: o.lock}
+		if _, err := tx.Exec(ctx, "DROP VIEW IF EXISTS "+lock.Sanitized()); err != nil {
+			return nil, fmt.Errorf("uninstall capture of %s (not configured): drop %s: %w", o.view, lock, err)
+		}
+		if len(views) == 0 || views[len(views)-1] != o.view {
+			views = append(views, o.view)
+		}
+	}
+	return views, nil
 }
 
 // HasCapture reports whether any capture object of view is installed: a
