@@ -271,7 +271,7 @@ func (sc *schedule) ran(end time.Time, dur time.Duration) {
 // plan is the next refresh by the view's own state: pending's rules, then
 // the freshness target (a change refresh starts early enough for the
 // change to be visible within target_lag, given the estimated refresh
-// time, but not before the change was seen), then the load cap (after a
+// time and a margin, but not before the change was seen), then the load cap (after a
 // refresh that took d, the next automatic one waits d*(1-max_load)/max_load;
 // manual, start-up and catch-up refreshes do not wait).
 func (sc *schedule) plan(now time.Time) plan {
@@ -282,7 +282,11 @@ func (sc *schedule) plan(now time.Time) plan {
 	s := sc.settings
 	changeOnly := !sc.p.manual && !sc.p.urgent && !sc.p.tick
 	if changeOnly && s.TargetLag > 0 && sc.p.dirty && !sc.p.first.IsZero() {
-		byTarget := sc.p.oldest.Add(s.TargetLag - sc.estimate)
+		// Aim a margin early: the refresh may take longer than the
+		// estimate, and the worker, the commit and the reader's next look
+		// come on top; planning for exactly target_lag misses it about
+		// every other time.
+		byTarget := sc.p.oldest.Add(s.TargetLag - sc.estimate - targetMargin(s.TargetLag))
 		if byTarget.Before(sc.p.first) {
 			byTarget = sc.p.first
 		}
@@ -309,13 +313,18 @@ func (sc *schedule) targetState(at time.Time) targetState {
 	if lag <= 0 || !sc.p.dirty || sc.p.first.IsZero() {
 		return targetNone
 	}
-	if at.Add(sc.estimate).Sub(sc.p.oldest) > lag+max(lag/10, targetSlack) {
+	if at.Add(sc.estimate).Sub(sc.p.oldest) > lag+targetMargin(lag) {
 		return targetMissed
 	}
 	return targetMet
 }
 
-// targetSlack is the least lateness targetState tolerates.
+// targetMargin is how early a refresh is planned before its target
+// deadline, and how late one may start and still count as meeting it: a
+// tenth of the target, at least targetSlack.
+func targetMargin(lag time.Duration) time.Duration { return max(lag/10, targetSlack) }
+
+// targetSlack is the least targetMargin.
 const targetSlack = 100 * time.Millisecond
 
 func newSchedule(s config.Settings, retry Backoff, now time.Time) schedule {
