@@ -380,14 +380,7 @@ func TestRoundSnapshotAfterLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Another refresher holds the round lock.
-	holder, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Rollback(ctx) //nolint:errcheck // released below
-	if _, err := holder.Exec(ctx, "LOCK TABLE "+incremental.RoundLock(v.Name).Sanitized()+" IN EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	release := holdRoundLock(t, pool, v.Name)
 	mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id) VALUES ('hw', 1, '2026-01-01', 1)`)
 	type result struct {
 		out Outcome
@@ -405,9 +398,7 @@ func TestRoundSnapshotAfterLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond)
-	if err := holder.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	r := <-done
 	if r.err != nil {
 		t.Fatal(r.err)
@@ -443,20 +434,11 @@ func TestNoEmptyRoundAfterSlowRound(t *testing.T) {
 	}
 	before := rounds()
 
-	holder, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Rollback(ctx) //nolint:errcheck // released below
-	if _, err := holder.Exec(ctx, "LOCK TABLE "+incremental.RoundLock(v.Name).Sanitized()+" IN EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	release := holdRoundLock(t, pool, v.Name)
 	mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id) VALUES ('hw', 1, '2026-01-01', 1)`)
 	waitFor(t, 10*time.Second, "the round to start", func() bool { return e.Status().Views[0].InProgress })
 	time.Sleep(10 * v.PollInterval) // polls while the round waits see the key
-	if err := holder.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	incrementalSettled(t, e, pool, &v)
 	time.Sleep(10 * v.PollInterval) // room for a spurious round
 	if st := e.Status().Views[0]; st.InProgress || st.PendingChanges != 0 {
@@ -496,5 +478,25 @@ func TestRemovedViewLosesCapture(t *testing.T) {
 	}
 	if kind != "r" {
 		t.Fatalf("the removed view's summary: relkind %q, want it kept (r)", kind)
+	}
+}
+
+// holdRoundLock takes view's round lock in a transaction of its own, as
+// another refresher would, until release (or the test's end).
+func holdRoundLock(t *testing.T, pool *pgxpool.Pool, view config.QualifiedName) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	holder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Rollback(ctx) })
+	if _, err := holder.Exec(ctx, "LOCK TABLE "+incremental.RoundLock(view).Sanitized()+" IN EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := holder.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
