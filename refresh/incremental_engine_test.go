@@ -184,13 +184,16 @@ func TestIncrementalUnderConcurrentWriters(t *testing.T) {
 // to another incremental definition and back to full by reloads while
 // readers query it: no reader error, no empty result, and the data equals
 // the query after each switch (a changed definition is rebuilt at once, not
-// at the next change). Only the capture in use stays installed.
+// at the next change). Only the capture in use stays installed, and the
+// app's own index on the summary is carried over each rebuild.
 func TestSwitchStrategyUnderReaders(t *testing.T) {
 	t.Parallel()
 	pool, full := chargeDB(t, config.StrategyFull)
 	e := newTestEngine(t, pool, full)
 	runEngine(t, e)
 	waitFor(t, 20*time.Second, "the materialized view", func() bool { return viewDiff(t, pool, &full) == 0 })
+	// The app's own index for its reads: it survives every rebuild.
+	mustExec(t, pool, `CREATE INDEX app_chargesummary_month_idx ON public.app_chargesummary (month) WHERE user_id > 0`)
 
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -255,6 +258,14 @@ func TestSwitchStrategyUnderReaders(t *testing.T) {
 			return got.triggers == wantCap.triggers && got.logs == wantCap.logs && got.locks == wantCap.locks
 		})
 		logs = append(logs, got.logNames...)
+		var def string
+		if err := pool.QueryRow(ctx, `SELECT coalesce((SELECT pg_get_indexdef(indexrelid) FROM pg_index
+				WHERE indrelid = 'public.app_chargesummary'::regclass AND indexrelid = to_regclass('public.app_chargesummary_month_idx')), '')`).Scan(&def); err != nil {
+			t.Fatal(err)
+		}
+		if want := "CREATE INDEX app_chargesummary_month_idx ON public.app_chargesummary USING btree (month) WHERE (user_id > 0)"; def != want {
+			t.Fatalf("after switch %d to %s: the app's index is %q, want %q", i, v.Strategy, def, want)
+		}
 	}
 	if len(logs) != 2 || logs[0] == logs[1] {
 		t.Fatalf("key logs of the two incremental definitions: %v, want two different ones", logs)

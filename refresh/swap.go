@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh/incremental"
 	"github.com/refresherd/refresherd/refresh/relation"
 )
 
@@ -122,6 +123,7 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 	// affected at all. Its lock waits (on the side view's name, the
 	// sources) are bounded like a refresh's.
 	var asOf time.Time
+	var copies []relation.IndexCopy
 	bctx, cancelBuild := context.WithTimeout(ctx, swapBuildBound(v))
 	defer cancelBuild()
 	err = pgx.BeginFunc(bctx, pool, func(tx pgx.Tx) error {
@@ -141,7 +143,14 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 		if _, err := tx.Exec(bctx, "CREATE UNIQUE INDEX "+tmpIdx.Sanitize()+" ON "+tmp.Sanitized()+" ("+strings.Join(cols, ", ")+")"); err != nil {
 			return fmt.Errorf("index %s: %w", tmp, err)
 		}
-		return relation.CopyGrants(bctx, tx, v.Name, tmp)
+		if err := relation.CopyGrants(bctx, tx, v.Name, tmp); err != nil {
+			return err
+		}
+		// The app's own indexes (an incremental table's group index is
+		// not one of them).
+		var err error
+		copies, err = relation.CopyIndexes(bctx, tx, v.Name, tmp, []string{indexName(v.Name.Name), incremental.GroupIndex(v.Name)})
+		return err
 	})
 	if err != nil {
 		return time.Time{}, fmt.Errorf("rebuild %s: %w", v.Name, err)
@@ -179,6 +188,9 @@ func Swap(ctx context.Context, pool *pgxpool.Pool, v *config.View, identity stri
 			if _, err := tx.Exec(sctx, s); err != nil {
 				return fmt.Errorf("%s: %w", s, err)
 			}
+		}
+		if err := relation.RenameIndexes(sctx, tx, v.Name.Schema, copies); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(sctx, `INSERT INTO refresherd.view_status AS s
 				(view_name, data_as_of, last_success_at, last_attempt_at, last_result, last_trigger, definition_hash, refreshed_by, consecutive_failures)

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/refresherd/refresherd/config"
+	"github.com/refresherd/refresherd/refresh/relation"
 )
 
 // Schema holds every object of the capture; the daemon creates it at
@@ -59,6 +60,12 @@ const (
 	summaryKeyIndexSuffix = "_refresherd_key" // the full strategy's name for the unique index
 	summaryGroupIdxSuffix = "_refresherd_group"
 )
+
+// GroupIndex is the name of the summary's group-key index (rounds use it;
+// a materialized view of the full strategy does not get it).
+func GroupIndex(view config.QualifiedName) string {
+	return relation.CutName(view.Name, summaryGroupIdxSuffix)
+}
 
 // token identifies a plan in object names. It covers the view as well as
 // the definition hash: two views with the same query and unique key have

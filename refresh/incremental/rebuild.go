@@ -27,7 +27,8 @@ type RebuildResult struct {
 // current one and swaps it in, so readers see the old data until tx
 // commits and the new after, never a half-built table: it creates
 // <view>_rfd_new from the query, indexes it (the unique key; the group key
-// for rounds), copies the current relation's grants, drains the log (every
+// for rounds), copies the current relation's grants and the app's own
+// indexes, drains the log (every
 // key the snapshot sees is in the build; later ones stay for the next
 // round), clears the rebuild request, sets the sentinel, then drops the
 // current relation (a table, or a materialized view of the full strategy)
@@ -98,8 +99,15 @@ func Rebuild(ctx context.Context, tx pgx.Tx, p Plan) (RebuildResult, error) {
 	if _, err := tx.Exec(ctx, "ANALYZE "+target.Sanitized()); err != nil {
 		return res, fmt.Errorf("rebuild %s: analyze %s: %w", p.View, target, err)
 	}
+	var copies []relation.IndexCopy
 	if res.Replaced != "" {
 		if err := relation.CopyGrants(ctx, tx, p.View, target); err != nil {
+			return res, fmt.Errorf("rebuild %s: %w", p.View, err)
+		}
+		// The app's own indexes; ours were made above.
+		copies, err = relation.CopyIndexes(ctx, tx, p.View, target, []string{
+			relation.CutName(p.View.Name, summaryKeyIndexSuffix), GroupIndex(p.View)})
+		if err != nil {
 			return res, fmt.Errorf("rebuild %s: %w", p.View, err)
 		}
 	}
@@ -140,6 +148,9 @@ func Rebuild(ctx context.Context, tx pgx.Tx, p Plan) (RebuildResult, error) {
 		if _, err := tx.Exec(ctx, s); err != nil {
 			return res, fmt.Errorf("rebuild %s: swap: %s: %w", p.View, s, err)
 		}
+	}
+	if err := relation.RenameIndexes(ctx, tx, p.View.Schema, copies); err != nil {
+		return res, fmt.Errorf("rebuild %s: swap: %w", p.View, err)
 	}
 	return res, nil
 }
