@@ -26,10 +26,12 @@ func (d *captureDetector) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		every := config.DefaultPollInterval
 		var ws []*worker
+		watching := false // some view uses capture (tests count these passes)
 		gen := map[*worker]uint64{}
 		for _, w := range d.e.snapshot() {
 			w.mu.Lock()
 			capture := w.ready && w.sched.settings.ChangeDetection == config.DetectCapture
+			watching = watching || capture
 			// A round in flight reports the log when it commits; until
 			// then the log still shows the keys it drains.
 			capture = capture && !w.refreshing
@@ -70,6 +72,9 @@ func (d *captureDetector) run(ctx context.Context) {
 					w.update(func(p *pending) { p.change(oldest, now) })
 				}
 			}
+		}
+		if watching {
+			d.e.countPoll(config.DetectCapture)
 		}
 		if !sleep(ctx, time.Until(start.Add(every))) {
 			return

@@ -448,10 +448,17 @@ func TestNoEmptyRoundAfterSlowRound(t *testing.T) {
 	release := holdRoundLock(t, pool, v.Name)
 	mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id) VALUES ('hw', 1, '2026-01-01', 1)`)
 	waitFor(t, 10*time.Second, "the round to start", func() bool { return e.Status().Views[0].InProgress })
-	time.Sleep(10 * v.PollInterval) // polls while the round waits see the key
+	polled := func(n int) {
+		t.Helper()
+		from := e.pollCount(config.DetectCapture)
+		waitFor(t, 10*time.Second, fmt.Sprintf("%d polls of the key log", n), func() bool { return e.pollCount(config.DetectCapture) >= from+n })
+	}
+	polled(3) // polls while the round waits see the key
 	release()
 	incrementalSettled(t, e, pool, &v)
-	time.Sleep(10 * v.PollInterval) // room for a spurious round
+	polled(3) // a spurious round would be due after these
+	waitIdle := func() bool { st := e.Status().Views[0]; return !st.InProgress }
+	waitFor(t, 10*time.Second, "idle", waitIdle)
 	if st := e.Status().Views[0]; st.InProgress || st.PendingChanges != 0 {
 		t.Fatalf("after the round: in progress %v, pending changes %d; want idle", st.InProgress, st.PendingChanges)
 	}
