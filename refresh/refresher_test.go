@@ -19,8 +19,14 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // source table src(k int, v int).
 func testPool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
+	return testPoolAt(t, pgtest.NewDB(t))
+}
+
+// testPoolAt is testPool on the database at url.
+func testPoolAt(t *testing.T, url string) *pgxpool.Pool {
+	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.NewDB(t))
+	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
