@@ -82,7 +82,7 @@ func TestIncrementalAcrossCrashes(t *testing.T) {
 	}
 
 	// 1. SIGKILL mid-writes, a new daemon takes over at once.
-	writeFor(6*time.Second, 1, func() {
+	writeFor(4*time.Second, 1, func() {
 		p.Kill()
 		p = start(t, path, env...)
 	})
@@ -91,7 +91,7 @@ func TestIncrementalAcrossCrashes(t *testing.T) {
 	// 2. An immediate stop mid-writes: the key log is UNLOGGED, so crash
 	// recovery empties it and the daemon must rebuild.
 	before := mustMetric(t, p, "refresherd_rebuilds_total", map[string]string{"reason": "log_lost"})
-	writeFor(8*time.Second, 2, func() {
+	writeFor(6*time.Second, 2, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if err := e.cluster.Stop(ctx, "immediate"); err != nil {
@@ -109,7 +109,7 @@ func TestIncrementalAcrossCrashes(t *testing.T) {
 
 	// 3. TRUNCATE mid-writes.
 	before = mustMetric(t, p, "refresherd_rebuilds_total", map[string]string{"reason": "truncate"})
-	writeFor(4*time.Second, 3, func() { e.exec(t, `TRUNCATE app_charge`) })
+	writeFor(3*time.Second, 3, func() { e.exec(t, `TRUNCATE app_charge`) })
 	waitMetric(t, p, 60*time.Second, "refresherd_rebuilds_total", map[string]string{"reason": "truncate"},
 		func(v float64) bool { return v > before })
 	settledExactly("a TRUNCATE")
