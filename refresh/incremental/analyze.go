@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -230,13 +231,16 @@ func analyze(ctx context.Context, tx pgx.Tx, v *config.View, declaredKey []strin
 	}
 
 	p := Plan{
-		View:      v.Name,
-		Query:     v.Query,
-		Source:    src.name,
-		Keys:      keys,
-		Columns:   tv.columns,
-		UniqueKey: slices.Clone(v.UniqueKey),
+		View:            v.Name,
+		Query:           v.Query,
+		Source:          src.name,
+		Keys:            keys,
+		Columns:         tv.columns,
+		UniqueKey:       slices.Clone(v.UniqueKey),
+		UniqueFromGroup: analyzeUniqueFromGroup(q, srcIndex, srcCols, keys, tv.columns, v.UniqueKey),
+		Reads:           analyzeReads(q, srcIndex, srcCols),
 	}
+	// Both are derived from the query, so the hash need not cover them.
 	p.Hash = analyzeHash(p)
 	return p, nil
 }
@@ -486,6 +490,74 @@ func analyzeGroupKeys(q *qtNode, srcIndex int, src analyzedRelation, srcCols map
 		})
 	}
 	return keys, "", nil
+}
+
+// analyzeUniqueFromGroup reports whether every unique-key column's
+// expression reads only group-key columns and no aggregate: then a
+// group's unique key is a function of its group key (and the session
+// settings, which rounds keep stable), and cannot change while the group
+// exists.
+func analyzeUniqueFromGroup(q *qtNode, srcIndex int, srcCols map[int]analyzedColumn, keys []Key, out []Column, unique []string) bool {
+	isKey := map[string]bool{}
+	for _, k := range keys {
+		isKey[k.Source] = true
+	}
+	for _, u := range unique {
+		col := slices.IndexFunc(out, func(c Column) bool { return c.Name == u })
+		var tle *qtNode
+		for _, t := range q.list("targetList") {
+			if tn := qtNodeOf(t); !tn.bool("resjunk") && tn.int("resno") == col+1 {
+				tle = tn
+				break
+			}
+		}
+		if col < 0 || tle == nil {
+			return false
+		}
+		ok := true
+		tle.node("expr").walk(func(n *qtNode) {
+			switch n.typ {
+			case "AGGREF", "WINDOWFUNC", "GROUPINGFUNC", "SUBLINK", "PARAM":
+				ok = false
+			case "VAR":
+				v := qtGroupedExpr(q, n)
+				c, found := srcCols[v.int("varattno")]
+				if v.typ != "VAR" || v.int("varlevelsup") != 0 || v.int("varno") != srcIndex || !found || !isKey[c.name] {
+					ok = false
+				}
+			}
+		})
+		if !ok {
+			return false
+		}
+	}
+	return len(unique) > 0
+}
+
+// analyzeReads returns the source columns the query reads anywhere, in
+// the table's column order, or nil when it reads a whole row or a system
+// column, which no index can hold.
+func analyzeReads(q *qtNode, srcIndex int, srcCols map[int]analyzedColumn) []string {
+	read := map[int]bool{}
+	whole := false
+	q.walk(func(n *qtNode) {
+		if n.typ != "VAR" || n.int("varlevelsup") != 0 || n.int("varno") != srcIndex {
+			return
+		}
+		if _, ok := srcCols[n.int("varattno")]; !ok {
+			whole = true
+			return
+		}
+		read[n.int("varattno")] = true
+	})
+	if whole {
+		return nil
+	}
+	var names []string
+	for _, attno := range slices.Sorted(maps.Keys(read)) {
+		names = append(names, srcCols[attno].name)
+	}
+	return names
 }
 
 // qtGroupedExpr sees through a Var of a grouping range-table entry

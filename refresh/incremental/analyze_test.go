@@ -109,6 +109,9 @@ var analyzeShippedKeys = []Key{
 	{Column: "month", Source: "month", Type: "date", Nullable: false},
 }
 
+// shippedReads are the columns the shipped summary reads (Plan.Reads).
+var shippedReads = []string{"type", "amount", "month", "user_id", "job_id"}
+
 func TestAnalyzeShippedSummary(t *testing.T) {
 	pool := analyzeDB(t)
 	v := analyzeShippedView(t)
@@ -133,8 +136,10 @@ func TestAnalyzeShippedSummary(t *testing.T) {
 				{Name: "hardware", Type: "numeric(19,2)"},
 				{Name: "software", Type: "numeric(19,2)"},
 			},
-			UniqueKey: []string{"id"},
-			Hash:      p.Hash,
+			UniqueKey:       []string{"id"},
+			UniqueFromGroup: true,
+			Reads:           shippedReads,
+			Hash:            p.Hash,
 		}
 		if !regexp.MustCompile(`^[0-9a-f]{16}$`).MatchString(p.Hash) {
 			t.Errorf("Hash = %q, want 16 hex digits", p.Hash)
@@ -160,7 +165,47 @@ func analyzeDiffPlans(got, want Plan) string {
 	if !slices.Equal(got.UniqueKey, want.UniqueKey) {
 		d = append(d, fmt.Sprintf("UniqueKey: got %q, want %q", got.UniqueKey, want.UniqueKey))
 	}
+	if got.UniqueFromGroup != want.UniqueFromGroup {
+		d = append(d, fmt.Sprintf("UniqueFromGroup: got %v, want %v", got.UniqueFromGroup, want.UniqueFromGroup))
+	}
+	if !slices.Equal(got.Reads, want.Reads) {
+		d = append(d, fmt.Sprintf("Reads: got %q, want %q", got.Reads, want.Reads))
+	}
 	return strings.Join(d, "; ")
+}
+
+// TestAnalyzeDerived: what Analyze derives from the query tree for the
+// round's statement (UniqueFromGroup) and the index advice (Reads).
+func TestAnalyzeDerived(t *testing.T) {
+	pool := analyzeDB(t)
+	tests := []struct {
+		query           string
+		unique          []string
+		uniqueFromGroup bool
+		reads           []string
+	}{
+		{`SELECT user_id, month, count(*) AS n FROM public.app_charge GROUP BY user_id, month`,
+			[]string{"user_id", "month"}, true, []string{"month", "user_id"}},
+		{`SELECT user_id::text || '/' || to_char(month, 'YYYY-MM') AS id, user_id, month, sum(amount) AS s FROM public.app_charge WHERE type = 'hw' GROUP BY user_id, month`,
+			[]string{"id"}, true, []string{"type", "amount", "month", "user_id"}},
+		{`SELECT min(id) AS id, user_id, month, sum(amount) AS s FROM public.app_charge GROUP BY user_id, month`,
+			[]string{"id"}, false, []string{"id", "amount", "month", "user_id"}},
+		{`SELECT user_id::text || sum(amount) AS id, user_id, month FROM public.app_charge GROUP BY user_id, month`,
+			[]string{"id"}, false, []string{"amount", "month", "user_id"}},
+		{`SELECT user_id, month, count(*) AS n FROM public.app_charge GROUP BY user_id, month`,
+			[]string{"user_id", "n"}, false, []string{"month", "user_id"}},
+		{`SELECT user_id, month, count(c.*) AS n FROM public.app_charge c GROUP BY user_id, month`,
+			[]string{"user_id", "month"}, true, nil}, // a whole row: no index holds it
+	}
+	for _, tt := range tests {
+		p, err := analyzeIn(t, pool, analyzeView(tt.query, tt.unique...), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.query, err)
+		}
+		if p.UniqueFromGroup != tt.uniqueFromGroup || !slices.Equal(p.Reads, tt.reads) {
+			t.Errorf("%s, unique key %v: UniqueFromGroup %v, Reads %q; want %v, %q", tt.query, tt.unique, p.UniqueFromGroup, p.Reads, tt.uniqueFromGroup, tt.reads)
+		}
+	}
 }
 
 // The hash names capture objects: it must not change between runs and must
