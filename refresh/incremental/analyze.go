@@ -875,45 +875,80 @@ func analyzeHash(p Plan) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-// CheckIndex returns the CREATE INDEX statement a user should run when the
-// source has no index that makes a round's group lookup selective, else "".
-// A selective index starts with the NOT NULL group-key columns, in any
-// order (a NULL key is compared with IS NOT DISTINCT FROM, which cannot
-// use an index by itself), or is a unique index on some of them (at most
-// one row per group); when every key column is nullable, the index must
-// start with all of them. A one-column index on one of several key columns
-// is not enough: measured at 10M charges, recomputing 500 groups took about
-// 1 s through Django's user_id index and 64 ms with (user_id, month).
+// IndexAdvice is what CheckIndex found.
+type IndexAdvice struct {
+	// SQL is the CREATE INDEX statement to run, "" when the source has an
+	// index that serves rounds.
+	SQL string
+	// Selective: an index already makes a round's group lookup selective,
+	// but does not hold every column the query reads; SQL is one that
+	// does.
+	Selective bool
+}
+
+// CheckIndex says which index a user should create on the source for
+// rounds. A selective index starts with the NOT NULL group-key columns, in
+// any order (a NULL key is compared with IS NOT DISTINCT FROM, which
+// cannot use an index by itself), or is a unique index on some of them (at
+// most one row per group); when every key column is nullable, it must
+// start with all of them. Without one, every round scans the table.
+//
+// A selective index is not enough at scale: a group's rows lie scattered
+// over the table, so a round fetches about one table page per row. When
+// the plan knows the columns the query reads (Plan.Reads), the advice is
+// a btree index on the group key that INCLUDEs the rest of them, which
+// rounds read with an index-only scan. Measured at 10M charges (2 shared
+// cores): recomputing 1000 groups of the shipped summary took 3.6-6.5 s
+// through (user_id, month) and 70-150 ms through the covering index; and
+// 500 groups took about 1 s through Django's user_id index alone.
+//
 // Only valid, non-partial btree indexes count (and hash indexes for a
-// one-column key). q is a pgx.Tx, pgx.Conn or pgxpool.Pool.
+// one-column key when Reads is unknown). q is a pgx.Tx, pgx.Conn or
+// pgxpool.Pool.
 func CheckIndex(ctx context.Context, q interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}, p Plan) (advice string, err error) {
-	var cols []string
+}, p Plan) (IndexAdvice, error) {
+	var lead, nullable []string
 	for _, k := range p.Keys {
-		if !k.Nullable {
-			cols = append(cols, k.Source)
+		if k.Nullable {
+			nullable = append(nullable, k.Source)
+		} else {
+			lead = append(lead, k.Source)
 		}
 	}
-	if len(cols) == 0 {
-		for _, k := range p.Keys {
-			cols = append(cols, k.Source)
+	if len(lead) == 0 {
+		lead, nullable = nullable, nil
+	}
+	if len(lead) == 0 {
+		return IndexAdvice{}, errors.New("incremental: check index: plan has no group key")
+	}
+	// The advised index: the key columns, nullable ones last (they still
+	// order each group's rows), then whatever else the query reads.
+	cols, include := lead, []string(nil)
+	if p.Reads != nil {
+		cols = append(slices.Clone(lead), nullable...)
+		for _, r := range p.Reads {
+			if !slices.Contains(cols, r) {
+				include = append(include, r)
+			}
 		}
 	}
-	if len(cols) == 0 {
-		return "", errors.New("incremental: check index: plan has no group key")
+	var reads []string // NULL in SQL: covering is not asked for
+	if p.Reads != nil {
+		reads = append(slices.Clone(cols), include...)
 	}
 	// format's %I quotes like quote_ident: only where needed, keywords
 	// included, so the advice reads as a user would write it.
-	var found, srcExists bool
-	err = q.QueryRow(ctx, `
+	var selective, covering, srcExists bool
+	var advice string
+	err := q.QueryRow(ctx, `
 		WITH src AS (
 			SELECT c.oid FROM pg_catalog.pg_class c
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE n.nspname = $1 AND c.relname = $2
-		)
-		SELECT EXISTS (
-			SELECT FROM pg_catalog.pg_index i
+		), sel AS (
+			SELECT i.indexrelid, i.indrelid, i.indkey, am.amname
+			FROM pg_catalog.pg_index i
 			JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
 			JOIN pg_catalog.pg_am am ON am.oid = ic.relam
 			WHERE i.indrelid = (SELECT oid FROM src)
@@ -935,21 +970,30 @@ func CheckIndex(ctx context.Context, q interface {
 			      LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
 			      WHERE k.ord <= i.indnkeyatts))
 			  )
-		),
-		format('CREATE INDEX CONCURRENTLY ON %I.%I (%s)', $1::text, $2::text,
-		       (SELECT string_agg(format('%I', c), ', ' ORDER BY o) FROM unnest($3::text[]) WITH ORDINALITY u(c, o))),
-		EXISTS (SELECT FROM src)`,
-		p.Source.Schema, p.Source.Name, cols).Scan(&found, &advice, &srcExists)
+		)
+		SELECT EXISTS (SELECT FROM sel),
+		       $4::text[] IS NOT NULL AND EXISTS (
+			SELECT FROM sel WHERE sel.amname = 'btree' AND NOT EXISTS (
+				-- a column read that is neither a key nor an included column
+				SELECT FROM unnest($4::text[]) r(col)
+				WHERE r.col NOT IN (
+					SELECT a.attname::text FROM unnest(sel.indkey::int2[]) k(attnum)
+					JOIN pg_catalog.pg_attribute a ON a.attrelid = sel.indrelid AND a.attnum = k.attnum))),
+		       format('CREATE INDEX CONCURRENTLY ON %I.%I (%s)', $1::text, $2::text,
+		              (SELECT string_agg(format('%I', c), ', ' ORDER BY o) FROM unnest($5::text[]) WITH ORDINALITY u(c, o))) ||
+		       coalesce(' INCLUDE (' || (SELECT string_agg(format('%I', c), ', ' ORDER BY o) FROM unnest($6::text[]) WITH ORDINALITY u(c, o)) || ')', ''),
+		       EXISTS (SELECT FROM src)`,
+		p.Source.Schema, p.Source.Name, lead, reads, cols, include).Scan(&selective, &covering, &advice, &srcExists)
 	if err != nil {
-		return "", fmt.Errorf("incremental: check index on %s: %w", p.Source, err)
+		return IndexAdvice{}, fmt.Errorf("incremental: check index on %s: %w", p.Source, err)
 	}
 	if !srcExists {
-		return "", fmt.Errorf("incremental: check index: source table %s does not exist", p.Source)
+		return IndexAdvice{}, fmt.Errorf("incremental: check index: source table %s does not exist", p.Source)
 	}
-	if found {
-		return "", nil
+	if covering || (selective && p.Reads == nil) {
+		return IndexAdvice{}, nil
 	}
-	return advice, nil
+	return IndexAdvice{SQL: advice, Selective: selective}, nil
 }
 
 // The query tree is read from pg_rewrite.ev_action, PostgreSQL's own

@@ -746,7 +746,11 @@ func TestCheckIndex(t *testing.T) {
 		ddl   string // run before the check, on top of Django's indexes
 		keys  []Key  // default: the shipped keys
 		table config.QualifiedName
+		reads []string // Plan.Reads; nil: unknown
 		want  string
+		// selective: the advice is for a covering index where a
+		// selective one exists.
+		selective bool
 	}{
 		{
 			name: "Django's indexes only",
@@ -816,6 +820,68 @@ func TestCheckIndex(t *testing.T) {
 			table: config.QualifiedName{Schema: "public", Name: "h"},
 			keys:  []Key{{Column: "k", Source: "k"}},
 		},
+		{
+			name:  "covering: Django's indexes only",
+			reads: shippedReads,
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+		},
+		{
+			name:      "covering: a selective index that does not cover",
+			ddl:       `CREATE INDEX ON public.app_charge (user_id, month)`,
+			reads:     shippedReads,
+			want:      "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+			selective: true,
+		},
+		{
+			name:      "covering: one column read missing",
+			ddl:       `CREATE INDEX ON public.app_charge (user_id, month) INCLUDE (type, amount)`,
+			reads:     shippedReads,
+			want:      "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+			selective: true,
+		},
+		{
+			name:  "covering: the advised index",
+			ddl:   `CREATE INDEX ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)`,
+			reads: shippedReads,
+		},
+		{
+			name:  "covering: other order, read columns as keys",
+			ddl:   `CREATE INDEX ON public.app_charge (month, user_id, amount) INCLUDE (job_id, type)`,
+			reads: shippedReads,
+		},
+		{
+			name:  "covering: not selective",
+			ddl:   `CREATE INDEX ON public.app_charge (job_id, user_id, month) INCLUDE (type, amount)`,
+			reads: shippedReads,
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+		},
+		{
+			name:  "covering: partial",
+			ddl:   `CREATE INDEX ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount) WHERE amount > 0`,
+			reads: shippedReads,
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+		},
+		{
+			name:      "covering: a hash index cannot be read alone",
+			ddl:       `CREATE TABLE public.h (k int NOT NULL, v int); CREATE INDEX ON public.h USING hash (k)`,
+			table:     config.QualifiedName{Schema: "public", Name: "h"},
+			keys:      []Key{{Column: "k", Source: "k"}},
+			reads:     []string{"k", "v"},
+			want:      "CREATE INDEX CONCURRENTLY ON public.h (k) INCLUDE (v)",
+			selective: true,
+		},
+		{
+			name:  "covering: only key columns read",
+			keys:  []Key{{Column: "user_id", Source: "user_id"}, {Column: "month", Source: "month"}},
+			reads: []string{"month", "user_id"},
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month)",
+		},
+		{
+			name:  "covering: only nullable key columns",
+			keys:  []Key{{Column: "job_id", Source: "job_id", Nullable: true}, {Column: "type", Source: "type", Nullable: true}},
+			reads: []string{"type", "amount", "job_id"},
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (job_id, type) INCLUDE (amount)",
+		},
 	}
 	pool := analyzeDB(t)
 	for _, tt := range tests {
@@ -839,12 +905,13 @@ func TestCheckIndex(t *testing.T) {
 			if tt.table.Name != "" {
 				p.Source = tt.table
 			}
+			p.Reads = tt.reads
 			got, err := CheckIndex(ctx, tx, p)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tt.want {
-				t.Errorf("advice = %q, want %q", got, tt.want)
+			if got != (IndexAdvice{SQL: tt.want, Selective: tt.selective}) {
+				t.Errorf("advice = %+v, want %q (selective %v)", got, tt.want, tt.selective)
 			}
 		})
 	}
@@ -857,19 +924,23 @@ func TestCheckIndex(t *testing.T) {
 		}
 	})
 	t.Run("advice works", func(t *testing.T) {
-		// The statement as advised runs, and afterwards there is no advice.
+		// The statement as advised runs, and afterwards there is no advice;
+		// then the covering one, the same.
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		p := Plan{Source: config.QualifiedName{Schema: "public", Name: "app_charge"}, Keys: analyzeShippedKeys}
-		advice, err := CheckIndex(ctx, pool, p)
-		if err != nil || advice == "" {
-			t.Fatalf("advice %q, %v", advice, err)
-		}
-		if _, err := pool.Exec(ctx, advice); err != nil {
-			t.Fatal(err)
-		}
-		if advice, err := CheckIndex(ctx, pool, p); err != nil || advice != "" {
-			t.Fatalf("after creating it: advice %q, %v", advice, err)
+		for _, reads := range [][]string{nil, shippedReads} {
+			p.Reads = reads
+			advice, err := CheckIndex(ctx, pool, p)
+			if err != nil || advice.SQL == "" {
+				t.Fatalf("reads %q: advice %+v, %v", reads, advice, err)
+			}
+			if _, err := pool.Exec(ctx, advice.SQL); err != nil {
+				t.Fatal(err)
+			}
+			if advice, err := CheckIndex(ctx, pool, p); err != nil || advice.SQL != "" {
+				t.Fatalf("reads %q: after creating it: advice %+v, %v", reads, advice, err)
+			}
 		}
 	})
 }
