@@ -100,15 +100,21 @@ func (p *pending) blind(since, seen time.Time) {
 }
 
 // settle replaces the changes recorded while a refresh ran by what the
-// view's change log holds after it (b): change detection during the refresh
-// saw the keys it drained. Requests, ticks and catch-ups stay.
-func (p *pending) settle(b Backlog, seen time.Time) {
+// view's change log holds after it (b), read at seen: change detection
+// during the refresh saw the keys it drained. since is the earliest the
+// owed changes can have been seen (the refresh's start: they came after its
+// snapshot); the debounce counts from it. Requests, ticks and catch-ups
+// stay.
+func (p *pending) settle(b Backlog, seen, since time.Time) {
 	p.dirty, p.oldest, p.first, p.last, p.count = false, time.Time{}, time.Time{}, time.Time{}, 0
 	if !p.urgent && !p.manual && !p.tick {
 		p.owed = time.Time{}
 	}
 	if b.Owed {
 		p.change(b.Oldest, seen)
+		if since.Before(p.first) {
+			p.first = since
+		}
 	}
 }
 

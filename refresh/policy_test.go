@@ -481,3 +481,36 @@ func TestTargetLagSimulated(t *testing.T) {
 		})
 	}
 }
+
+// TestSettleAfterRound: keys owed after an incremental round came after its
+// snapshot; the debounce counts from the round's start, so under a steady
+// stream the next round runs at once after a round longer than the
+// debounce, while staleness still counts from the oldest key.
+func TestSettleAfterRound(t *testing.T) {
+	capture := config.Settings{Debounce: 50 * time.Millisecond, MaxDelay: 5 * time.Second, ChangeDetection: config.DetectCapture}
+	tests := []struct {
+		name            string
+		b               Backlog
+		startMs, seenMs int
+		wantAt          int // ms, -1 = nothing planned
+	}{
+		{name: "round longer than the debounce", b: Backlog{Owed: true, Oldest: at(1050)}, startMs: 1000, seenMs: 1200, wantAt: 1050},
+		{name: "round shorter than the debounce", b: Backlog{Owed: true, Oldest: at(1010)}, startMs: 1000, seenMs: 1020, wantAt: 1050},
+		{name: "nothing owed", b: Backlog{}, startMs: 1000, seenMs: 1200, wantAt: -1},
+	}
+	for _, tt := range tests {
+		var p pending
+		p.change(at(900), at(900)) // drained by the round
+		p.settle(tt.b, at(tt.seenMs), at(tt.startMs))
+		pl := p.nextRefresh(capture, at(tt.seenMs), time.Time{})
+		switch {
+		case tt.wantAt < 0 && !pl.at.IsZero():
+			t.Errorf("%s: planned at %v, want nothing", tt.name, pl.at)
+		case tt.wantAt >= 0 && !pl.at.Equal(at(tt.wantAt)):
+			t.Errorf("%s: planned at %v, want %v", tt.name, pl.at, at(tt.wantAt))
+		}
+		if tt.b.Owed && p.staleness(at(tt.seenMs)) != at(tt.seenMs).Sub(tt.b.Oldest) {
+			t.Errorf("%s: staleness %v, want from the oldest key %v", tt.name, p.staleness(at(tt.seenMs)), tt.b.Oldest)
+		}
+	}
+}

@@ -109,6 +109,9 @@ var analyzeShippedKeys = []Key{
 	{Column: "month", Source: "month", Type: "date", Nullable: false},
 }
 
+// shippedReads are the columns the shipped summary reads (Plan.Reads).
+var shippedReads = []string{"type", "amount", "month", "user_id", "job_id"}
+
 func TestAnalyzeShippedSummary(t *testing.T) {
 	pool := analyzeDB(t)
 	v := analyzeShippedView(t)
@@ -133,8 +136,10 @@ func TestAnalyzeShippedSummary(t *testing.T) {
 				{Name: "hardware", Type: "numeric(19,2)"},
 				{Name: "software", Type: "numeric(19,2)"},
 			},
-			UniqueKey: []string{"id"},
-			Hash:      p.Hash,
+			UniqueKey:       []string{"id"},
+			UniqueFromGroup: true,
+			Reads:           shippedReads,
+			Hash:            p.Hash,
 		}
 		if !regexp.MustCompile(`^[0-9a-f]{16}$`).MatchString(p.Hash) {
 			t.Errorf("Hash = %q, want 16 hex digits", p.Hash)
@@ -160,7 +165,47 @@ func analyzeDiffPlans(got, want Plan) string {
 	if !slices.Equal(got.UniqueKey, want.UniqueKey) {
 		d = append(d, fmt.Sprintf("UniqueKey: got %q, want %q", got.UniqueKey, want.UniqueKey))
 	}
+	if got.UniqueFromGroup != want.UniqueFromGroup {
+		d = append(d, fmt.Sprintf("UniqueFromGroup: got %v, want %v", got.UniqueFromGroup, want.UniqueFromGroup))
+	}
+	if !slices.Equal(got.Reads, want.Reads) {
+		d = append(d, fmt.Sprintf("Reads: got %q, want %q", got.Reads, want.Reads))
+	}
 	return strings.Join(d, "; ")
+}
+
+// TestAnalyzeDerived: what Analyze derives from the query tree for the
+// round's statement (UniqueFromGroup) and the index advice (Reads).
+func TestAnalyzeDerived(t *testing.T) {
+	pool := analyzeDB(t)
+	tests := []struct {
+		query           string
+		unique          []string
+		uniqueFromGroup bool
+		reads           []string
+	}{
+		{`SELECT user_id, month, count(*) AS n FROM public.app_charge GROUP BY user_id, month`,
+			[]string{"user_id", "month"}, true, []string{"month", "user_id"}},
+		{`SELECT user_id::text || '/' || to_char(month, 'YYYY-MM') AS id, user_id, month, sum(amount) AS s FROM public.app_charge WHERE type = 'hw' GROUP BY user_id, month`,
+			[]string{"id"}, true, []string{"type", "amount", "month", "user_id"}},
+		{`SELECT min(id) AS id, user_id, month, sum(amount) AS s FROM public.app_charge GROUP BY user_id, month`,
+			[]string{"id"}, false, []string{"id", "amount", "month", "user_id"}},
+		{`SELECT user_id::text || sum(amount) AS id, user_id, month FROM public.app_charge GROUP BY user_id, month`,
+			[]string{"id"}, false, []string{"amount", "month", "user_id"}},
+		{`SELECT user_id, month, count(*) AS n FROM public.app_charge GROUP BY user_id, month`,
+			[]string{"user_id", "n"}, false, []string{"month", "user_id"}},
+		{`SELECT user_id, month, count(c.*) AS n FROM public.app_charge c GROUP BY user_id, month`,
+			[]string{"user_id", "month"}, true, nil}, // a whole row: no index holds it
+	}
+	for _, tt := range tests {
+		p, err := analyzeIn(t, pool, analyzeView(tt.query, tt.unique...), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.query, err)
+		}
+		if p.UniqueFromGroup != tt.uniqueFromGroup || !slices.Equal(p.Reads, tt.reads) {
+			t.Errorf("%s, unique key %v: UniqueFromGroup %v, Reads %q; want %v, %q", tt.query, tt.unique, p.UniqueFromGroup, p.Reads, tt.uniqueFromGroup, tt.reads)
+		}
+	}
 }
 
 // The hash names capture objects: it must not change between runs and must
@@ -701,7 +746,11 @@ func TestCheckIndex(t *testing.T) {
 		ddl   string // run before the check, on top of Django's indexes
 		keys  []Key  // default: the shipped keys
 		table config.QualifiedName
+		reads []string // Plan.Reads; nil: unknown
 		want  string
+		// selective: the advice is for a covering index where a
+		// selective one exists.
+		selective bool
 	}{
 		{
 			name: "Django's indexes only",
@@ -771,6 +820,68 @@ func TestCheckIndex(t *testing.T) {
 			table: config.QualifiedName{Schema: "public", Name: "h"},
 			keys:  []Key{{Column: "k", Source: "k"}},
 		},
+		{
+			name:  "covering: Django's indexes only",
+			reads: shippedReads,
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+		},
+		{
+			name:      "covering: a selective index that does not cover",
+			ddl:       `CREATE INDEX ON public.app_charge (user_id, month)`,
+			reads:     shippedReads,
+			want:      "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+			selective: true,
+		},
+		{
+			name:      "covering: one column read missing",
+			ddl:       `CREATE INDEX ON public.app_charge (user_id, month) INCLUDE (type, amount)`,
+			reads:     shippedReads,
+			want:      "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+			selective: true,
+		},
+		{
+			name:  "covering: the advised index",
+			ddl:   `CREATE INDEX ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)`,
+			reads: shippedReads,
+		},
+		{
+			name:  "covering: other order, read columns as keys",
+			ddl:   `CREATE INDEX ON public.app_charge (month, user_id, amount) INCLUDE (job_id, type)`,
+			reads: shippedReads,
+		},
+		{
+			name:  "covering: not selective",
+			ddl:   `CREATE INDEX ON public.app_charge (job_id, user_id, month) INCLUDE (type, amount)`,
+			reads: shippedReads,
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+		},
+		{
+			name:  "covering: partial",
+			ddl:   `CREATE INDEX ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount) WHERE amount > 0`,
+			reads: shippedReads,
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month, job_id) INCLUDE (type, amount)",
+		},
+		{
+			name:      "covering: a hash index cannot be read alone",
+			ddl:       `CREATE TABLE public.h (k int NOT NULL, v int); CREATE INDEX ON public.h USING hash (k)`,
+			table:     config.QualifiedName{Schema: "public", Name: "h"},
+			keys:      []Key{{Column: "k", Source: "k"}},
+			reads:     []string{"k", "v"},
+			want:      "CREATE INDEX CONCURRENTLY ON public.h (k) INCLUDE (v)",
+			selective: true,
+		},
+		{
+			name:  "covering: only key columns read",
+			keys:  []Key{{Column: "user_id", Source: "user_id"}, {Column: "month", Source: "month"}},
+			reads: []string{"month", "user_id"},
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (user_id, month)",
+		},
+		{
+			name:  "covering: only nullable key columns",
+			keys:  []Key{{Column: "job_id", Source: "job_id", Nullable: true}, {Column: "type", Source: "type", Nullable: true}},
+			reads: []string{"type", "amount", "job_id"},
+			want:  "CREATE INDEX CONCURRENTLY ON public.app_charge (job_id, type) INCLUDE (amount)",
+		},
 	}
 	pool := analyzeDB(t)
 	for _, tt := range tests {
@@ -794,12 +905,13 @@ func TestCheckIndex(t *testing.T) {
 			if tt.table.Name != "" {
 				p.Source = tt.table
 			}
+			p.Reads = tt.reads
 			got, err := CheckIndex(ctx, tx, p)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tt.want {
-				t.Errorf("advice = %q, want %q", got, tt.want)
+			if got != (IndexAdvice{SQL: tt.want, Selective: tt.selective}) {
+				t.Errorf("advice = %+v, want %q (selective %v)", got, tt.want, tt.selective)
 			}
 		})
 	}
@@ -812,19 +924,23 @@ func TestCheckIndex(t *testing.T) {
 		}
 	})
 	t.Run("advice works", func(t *testing.T) {
-		// The statement as advised runs, and afterwards there is no advice.
+		// The statement as advised runs, and afterwards there is no advice;
+		// then the covering one, the same.
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		p := Plan{Source: config.QualifiedName{Schema: "public", Name: "app_charge"}, Keys: analyzeShippedKeys}
-		advice, err := CheckIndex(ctx, pool, p)
-		if err != nil || advice == "" {
-			t.Fatalf("advice %q, %v", advice, err)
-		}
-		if _, err := pool.Exec(ctx, advice); err != nil {
-			t.Fatal(err)
-		}
-		if advice, err := CheckIndex(ctx, pool, p); err != nil || advice != "" {
-			t.Fatalf("after creating it: advice %q, %v", advice, err)
+		for _, reads := range [][]string{nil, shippedReads} {
+			p.Reads = reads
+			advice, err := CheckIndex(ctx, pool, p)
+			if err != nil || advice.SQL == "" {
+				t.Fatalf("reads %q: advice %+v, %v", reads, advice, err)
+			}
+			if _, err := pool.Exec(ctx, advice.SQL); err != nil {
+				t.Fatal(err)
+			}
+			if advice, err := CheckIndex(ctx, pool, p); err != nil || advice.SQL != "" {
+				t.Fatalf("reads %q: after creating it: advice %+v, %v", reads, advice, err)
+			}
 		}
 	})
 }

@@ -41,8 +41,10 @@ func chargePlan() Plan {
 			{Name: "id", Type: "text"}, {Name: "user_id", Type: "integer"}, {Name: "job_id", Type: "integer"},
 			{Name: "month", Type: "date"}, {Name: "hardware", Type: "numeric"}, {Name: "software", Type: "numeric"},
 		},
-		UniqueKey: []string{"id"},
-		Hash:      "0123456789abcdef",
+		UniqueKey:       []string{"id"},
+		UniqueFromGroup: true,
+		Reads:           []string{"type", "amount", "month", "user_id", "job_id"},
+		Hash:            "0123456789abcdef",
 	}
 }
 

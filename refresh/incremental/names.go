@@ -55,6 +55,9 @@ const (
 	ReasonTriggerMissing = "trigger missing" // followed by ": " and the names
 )
 
+// summaryFillfactor is the summary table's fillfactor (Rebuild).
+const summaryFillfactor = 90
+
 const (
 	logTimeColumn         = "logged_at"
 	summaryKeyIndexSuffix = "_refresherd_key" // the full strategy's name for the unique index

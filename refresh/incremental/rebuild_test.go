@@ -64,6 +64,10 @@ func TestRebuildConvertsMaterializedView(t *testing.T) {
 	if n := count(t, pool, `SELECT count(*) FROM pg_class WHERE oid = 'public.app_chargesummary'::regclass AND relkind = 'r'`); n != 1 {
 		t.Fatal("the summary is not a table")
 	}
+	// Room for a round's updates to stay on their page (HOT).
+	if n := count(t, pool, `SELECT count(*) FROM pg_class WHERE oid = 'public.app_chargesummary'::regclass AND reloptions = '{fillfactor=90}'`); n != 1 {
+		t.Error("the summary's fillfactor is not 90")
+	}
 	if n := count(t, pool, `SELECT count(*) FROM pg_class WHERE relname LIKE '%rfd%'`); n != 0 {
 		t.Error("side relations left")
 	}

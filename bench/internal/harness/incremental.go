@@ -246,7 +246,7 @@ func (ie *incEnv) load(ctx context.Context) error {
 	return nil
 }
 
-var adviceRe = regexp.MustCompile(`CREATE INDEX CONCURRENTLY ON [^\s(]+ \([^)]*\)`)
+var adviceRe = regexp.MustCompile(`CREATE INDEX CONCURRENTLY ON [^\s(]+ \([^)]*\)( INCLUDE \([^)]*\))?`)
 
 // checkAndIndex runs `refresherd check` with the benchmark's incremental
 // config and creates the index it advises, as a user following its advice

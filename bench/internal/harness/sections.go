@@ -363,7 +363,10 @@ func (s *sizeEnv) track(ctx context.Context, sp trackSpec) (trackOut, error) {
 	}
 	defer pool.Close()
 	var baseID int64
-	if err := pool.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM public.app_charge`).Scan(&baseID); err != nil {
+	// The sequence's last value, not max(id): ids taken by rolled-back
+	// inserts would otherwise never be acknowledged (see fresh.Options).
+	if err := pool.QueryRow(ctx, `SELECT greatest(coalesce(max(id), 0),
+		coalesce(pg_sequence_last_value(pg_get_serial_sequence('public.app_charge', 'id')::regclass), 0)) FROM public.app_charge`).Scan(&baseID); err != nil {
 		return trackOut{}, fmt.Errorf("track: %w", err)
 	}
 	conn, err := pgx.Connect(ctx, s.cluster.URL(sp.db))
