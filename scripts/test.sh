@@ -58,6 +58,6 @@ step "go test -race ${pkgs[*]} (with the benchmark harness's quick smoke run)"
 # the harness cannot rot; it asserts completeness, never timings.
 # -parallel 4: the parallel tests mostly wait (on timeouts, backoffs, a
 # frozen backend), not on the CPU.
-REFRESHERD_BENCH_SMOKE=1 go test -race -count=1 -parallel 4 -timeout 30m "${test_pkgs[@]}"
+REFRESHERD_BENCH_SMOKE=1 go test -race -count=1 -p 3 -parallel 4 -timeout 30m "${test_pkgs[@]}"
 
 step "all checks passed"
