@@ -58,7 +58,7 @@ step "go test -race ${pkgs[*]} (with the benchmark harness's quick smoke run)"
 # the harness cannot rot; it asserts completeness, never timings.
 # -p 3 packages and -parallel 4 tests at a time on two cores: they mostly
 # wait (on PostgreSQL, timeouts, backoffs, a frozen backend), not on the
-# CPU. Fresh clone, quiet machine: 257 s with -p 2, 213 s with -p 3.
+# CPU. Fresh clone, quiet machine: 257 s with -p 2; 213 and 256 s with -p 3.
 REFRESHERD_BENCH_SMOKE=1 go test -race -count=1 -p 3 -parallel 4 -timeout 30m "${test_pkgs[@]}"
 
 step "all checks passed"
