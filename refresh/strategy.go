@@ -111,14 +111,17 @@ func (s *MatviewStrategy) Setup(ctx context.Context, v *config.View, fence Fence
 // Nothing is done while the incremental table is still in place (a swap
 // that failed): it may be switched back.
 func removeCapture(ctx context.Context, pool *pgxpool.Pool, view config.QualifiedName) ([]string, error) {
+	// Looked up first without the set-up lock: nearly always there is
+	// nothing to do, and every full view's set-up passes here.
+	if todo, err := captureToRemove(ctx, pool, view); err != nil || !todo {
+		if err != nil {
+			return nil, fmt.Errorf("remove incremental capture of %s: %w", view, err)
+		}
+		return nil, nil
+	}
 	var removed []string
 	err := withSetupLock(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-		var matview bool
-		if err := tx.QueryRow(ctx, `SELECT coalesce((SELECT relkind = 'm' FROM pg_catalog.pg_class WHERE oid = to_regclass($1)), false)`,
-			view.Sanitized()).Scan(&matview); err != nil || !matview {
-			return err
-		}
-		if has, err := incremental.HasCapture(ctx, tx, view); err != nil || !has {
+		if todo, err := captureToRemove(ctx, tx, view); err != nil || !todo {
 			return err
 		}
 		var err error
@@ -132,6 +135,17 @@ func removeCapture(ctx context.Context, pool *pgxpool.Pool, view config.Qualifie
 		return nil, fmt.Errorf("remove incremental capture of %s: %w", view, err)
 	}
 	return removed, nil
+}
+
+// captureToRemove reports whether view is a materialized view that still
+// has incremental capture installed.
+func captureToRemove(ctx context.Context, q incremental.Queryer, view config.QualifiedName) (bool, error) {
+	var matview bool
+	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT relkind = 'm' FROM pg_catalog.pg_class WHERE oid = to_regclass($1)), false)`,
+		view.Sanitized()).Scan(&matview); err != nil || !matview {
+		return false, err
+	}
+	return incremental.HasCapture(ctx, q, view)
 }
 
 // Refresh implements Strategy.

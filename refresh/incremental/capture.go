@@ -290,26 +290,19 @@ func Uninstall(ctx context.Context, tx pgx.Tx, p Plan) error {
 // and filling a log no round drains. It returns the logs it removed.
 // Capture installed before the registry existed is not found.
 func UninstallOthers(ctx context.Context, tx pgx.Tx, view config.QualifiedName, keep string) ([]string, error) {
-	var exists bool
-	if err := tx.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, registryName.Sanitized()).Scan(&exists); err != nil {
-		return nil, fmt.Errorf("uninstall old capture for %s: %w", view, err)
-	}
-	if !exists {
-		return nil, nil
-	}
-	rows, err := tx.Query(ctx, "SELECT log_name FROM "+registryName.Sanitized()+" WHERE view_name = $1 AND log_name <> $2 ORDER BY log_name",
-		view.String(), keep)
+	regs, err := registered(ctx, tx, "view_name = $1", view.String())
 	if err != nil {
 		return nil, fmt.Errorf("uninstall old capture for %s: %w", view, err)
 	}
-	logs, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("uninstall old capture for %s: %w", view, err)
-	}
-	for _, l := range logs {
-		if err := uninstallLog(ctx, tx, l); err != nil {
+	var logs []string
+	for _, r := range regs {
+		if r.log == keep {
+			continue
+		}
+		if err := uninstallLog(ctx, tx, r.log); err != nil {
 			return nil, fmt.Errorf("uninstall old capture for %s: %w", view, err)
 		}
+		logs = append(logs, r.log)
 	}
 	return logs, nil
 }
@@ -319,41 +312,24 @@ func UninstallOthers(ctx context.Context, tx pgx.Tx, view config.QualifiedName, 
 // fill a log no round drains. The summaries themselves are left alone. It
 // returns the views whose capture it removed.
 func UninstallOrphans(ctx context.Context, tx pgx.Tx, configured []config.QualifiedName) ([]string, error) {
-	var exists bool
-	if err := tx.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, registryName.Sanitized()).Scan(&exists); err != nil {
-		return nil, fmt.Errorf("uninstall capture of views not configured: %w", err)
-	}
-	if !exists {
-		return nil, nil
-	}
 	names := make([]string, len(configured))
 	for i, v := range configured {
 		names[i] = v.String()
 	}
-	type orphan struct{ log, view, lock string }
-	rows, err := tx.Query(ctx, "SELECT log_name, view_name, round_lock FROM "+registryName.Sanitized()+
-		" WHERE view_name <> ALL($1::text[]) ORDER BY view_name, log_name", names)
-	if err != nil {
-		return nil, fmt.Errorf("uninstall capture of views not configured: %w", err)
-	}
-	orphans, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (orphan, error) {
-		var o orphan
-		return o, r.Scan(&o.log, &o.view, &o.lock)
-	})
+	regs, err := registered(ctx, tx, "view_name <> ALL($1::text[])", names)
 	if err != nil {
 		return nil, fmt.Errorf("uninstall capture of views not configured: %w", err)
 	}
 	var views []string
-	for _, o := range orphans {
-		if err := uninstallLog(ctx, tx, o.log); err != nil {
-			return nil, fmt.Errorf("uninstall capture of %s (not configured): %w", o.view, err)
+	for _, r := range regs {
+		if err := uninstallLog(ctx, tx, r.log); err != nil {
+			return nil, fmt.Errorf("uninstall capture of %s (not configured): %w", r.view, err)
 		}
-		lock := config.QualifiedName{Schema: Schema, Name: o.lock}
-		if _, err := tx.Exec(ctx, "DROP VIEW IF EXISTS "+lock.Sanitized()); err != nil {
-			return nil, fmt.Errorf("uninstall capture of %s (not configured): drop %s: %w", o.view, lock, err)
+		if err := dropRoundLock(ctx, tx, r.lock); err != nil {
+			return nil, fmt.Errorf("uninstall capture of %s (not configured): %w", r.view, err)
 		}
-		if len(views) == 0 || views[len(views)-1] != o.view {
-			views = append(views, o.view)
+		if len(views) == 0 || views[len(views)-1] != r.view {
+			views = append(views, r.view)
 		}
 	}
 	return views, nil
@@ -362,19 +338,47 @@ func UninstallOrphans(ctx context.Context, tx pgx.Tx, configured []config.Qualif
 // HasCapture reports whether any capture object of view is installed: a
 // registered key log or the round lock.
 func HasCapture(ctx context.Context, q Queryer, view config.QualifiedName) (bool, error) {
-	var lock, registry bool
-	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL`,
-		RoundLock(view).Sanitized(), registryName.Sanitized()).Scan(&lock, &registry); err != nil {
+	var lock bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, RoundLock(view).Sanitized()).Scan(&lock); err != nil {
 		return false, fmt.Errorf("look up capture of %s: %w", view, err)
 	}
-	if lock || !registry {
-		return lock, nil
+	if lock {
+		return true, nil
 	}
-	var logs bool
-	if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+registryName.Sanitized()+" WHERE view_name = $1)", view.String()).Scan(&logs); err != nil {
+	regs, err := registered(ctx, q, "view_name = $1", view.String())
+	if err != nil {
 		return false, fmt.Errorf("look up capture of %s: %w", view, err)
 	}
-	return logs, nil
+	return len(regs) > 0, nil
+}
+
+// registration is one key log in the registry: its view and round lock.
+type registration struct{ log, view, lock string }
+
+// registered lists the registry's rows that meet cond (an SQL condition
+// with one parameter, arg), ordered by view and log; none while the
+// registry does not exist (nothing was ever installed).
+func registered(ctx context.Context, q Queryer, cond string, arg any) ([]registration, error) {
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, registryName.Sanitized()).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("read capture registry: %w", err)
+	}
+	if !exists {
+		return nil, nil
+	}
+	rows, err := q.Query(ctx, "SELECT log_name, view_name, round_lock FROM "+registryName.Sanitized()+
+		" WHERE "+cond+" ORDER BY view_name, log_name", arg)
+	if err != nil {
+		return nil, fmt.Errorf("read capture registry: %w", err)
+	}
+	regs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (registration, error) {
+		var g registration
+		return g, r.Scan(&g.log, &g.view, &g.lock)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read capture registry: %w", err)
+	}
+	return regs, nil
 }
 
 // uninstallLog drops the trigger functions (and with them the triggers)

@@ -66,8 +66,17 @@ func LockRound(ctx context.Context, tx pgx.Tx, view config.QualifiedName) error 
 // DropRoundLock drops the view's round lock (the view no longer runs
 // incrementally).
 func DropRoundLock(ctx context.Context, tx pgx.Tx, view config.QualifiedName) error {
-	if _, err := tx.Exec(ctx, "DROP VIEW IF EXISTS "+RoundLock(view).Sanitized()); err != nil {
+	if err := dropRoundLock(ctx, tx, RoundLock(view).Name); err != nil {
 		return fmt.Errorf("drop round lock of %s: %w", view, err)
+	}
+	return nil
+}
+
+// dropRoundLock drops the round lock named name in Schema, if it exists.
+func dropRoundLock(ctx context.Context, tx pgx.Tx, name string) error {
+	lock := config.QualifiedName{Schema: Schema, Name: name}
+	if _, err := tx.Exec(ctx, "DROP VIEW IF EXISTS "+lock.Sanitized()); err != nil {
+		return fmt.Errorf("drop %s: %w", lock, err)
 	}
 	return nil
 }

@@ -580,25 +580,5 @@ func applyPlot(inc *results.Incremental) *plot.Plot {
 }
 
 func writerTPSPlot(w *results.Writer) (*plot.Plot, error) {
-	var modes []string
-	var ms []results.WriterMode
-	for _, m := range w.Modes {
-		if m.Available {
-			modes = append(modes, m.Mode)
-			ms = append(ms, m)
-		}
-	}
-	if len(modes) == 0 {
-		return nil, nil
-	}
-	cats := make([]string, len(w.Clients))
-	for i, c := range w.Clients {
-		cats[i] = strconv.Itoa(c)
-	}
-	p := plot.New()
-	p.Title.Text = "Insert TPS by client count (" + w.SizeLabel + ", median)"
-	p.Y.Label.Text = "transactions per second"
-	p.X.Label.Text = "pgbench clients"
-	err := grouped(p, cats, modes, "%.0f", func(ci, si int) float64 { return ms[si].Median[w.Clients[ci]] })
-	return p, err
+	return tpsPlot(w, "Insert TPS by client count ("+w.SizeLabel+", median)")
 }

@@ -235,6 +235,17 @@ func writerPlot(run *results.Run) (*plot.Plot, error) {
 	if w == nil {
 		return nil, nil
 	}
+	p, err := tpsPlot(w, "Insert TPS by client count and change detection ("+w.SizeLabel+" charges, median)")
+	if p == nil || err != nil {
+		return nil, err
+	}
+	p.Legend.TextStyle.Color = color.Black
+	return p, nil
+}
+
+// tpsPlot is the median TPS of w's available modes, grouped by client
+// count; nil when no mode ran.
+func tpsPlot(w *results.Writer, title string) (*plot.Plot, error) {
 	var modes []string
 	var ms []results.WriterMode
 	for _, m := range w.Modes {
@@ -251,13 +262,9 @@ func writerPlot(run *results.Run) (*plot.Plot, error) {
 		cats[i] = strconv.Itoa(c)
 	}
 	p := plot.New()
-	p.Title.Text = "Insert TPS by client count and change detection (" + w.SizeLabel + " charges, median)"
+	p.Title.Text = title
 	p.Y.Label.Text = "transactions per second"
 	p.X.Label.Text = "pgbench clients"
 	err := grouped(p, cats, modes, "%.0f", func(ci, si int) float64 { return ms[si].Median[w.Clients[ci]] })
-	if err != nil {
-		return nil, err
-	}
-	p.Legend.TextStyle.Color = color.Black
-	return p, nil
+	return p, err
 }
