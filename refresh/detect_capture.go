@@ -11,7 +11,10 @@ import (
 
 // captureDetector is the change detection of views that run incrementally:
 // their capture triggers log the touched group keys, and this polls each
-// log for keys (a cheap EXISTS), reporting the oldest key's data time. The
+// log for keys, reporting the oldest key's data time; a view that already
+// owes a refresh needs only to know that keys still wait (a cheap EXISTS,
+// where the oldest would read the whole log, which grows while rounds are
+// held off). The
 // rounds themselves find everything else (a lost log, a truncate, a
 // missing trigger).
 type captureDetector struct {
@@ -28,8 +31,10 @@ func (d *captureDetector) run(ctx context.Context) {
 		var ws []*worker
 		watching := false // some view uses capture (tests count these passes)
 		gen := map[*worker]uint64{}
+		owing := map[*worker]bool{} // its oldest change is known already
 		for _, w := range d.e.snapshot() {
 			w.mu.Lock()
+			owing[w] = w.sched.p.dirty
 			capture := w.ready && w.sched.settings.ChangeDetection == config.DetectCapture
 			watching = watching || capture
 			// A round in flight reports the log when it commits; until
@@ -47,7 +52,7 @@ func (d *captureDetector) run(ctx context.Context) {
 		start := time.Now()
 		for _, w := range ws {
 			pctx, cancel := context.WithTimeout(ctx, capturePollTimeout)
-			owed, oldest, err := d.e.inc.Pending(pctx, w.view)
+			owed, oldest, err := d.e.inc.Pending(pctx, w.view, !owing[w])
 			cancel()
 			if ctx.Err() != nil {
 				return
@@ -69,6 +74,8 @@ func (d *captureDetector) run(ctx context.Context) {
 				stale := w.refreshing || w.refreshes != gen[w]
 				w.mu.Unlock()
 				if !stale {
+					// Owing, oldest is zero: the change is dated now and
+					// the known oldest stays (p.change keeps the earlier).
 					w.update(func(p *pending) { p.change(oldest, now) })
 				}
 			}

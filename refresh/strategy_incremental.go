@@ -155,7 +155,7 @@ func (s *IncrementalStrategy) Refresh(ctx context.Context, v *config.View, trigg
 	}
 	// What arrived during the round, read now that its drain committed: a
 	// poll during the round still saw the keys it drained.
-	owed, oldest, perr := s.Pending(ctx, v)
+	owed, oldest, perr := s.Pending(ctx, v, true)
 	if perr == nil {
 		out.Backlog = &Backlog{Owed: owed, Oldest: oldest}
 	}
@@ -313,18 +313,19 @@ func (s *IncrementalStrategy) Maintain(ctx context.Context, v *config.View, _ Ou
 	return Maintenance{Vacuumed: vacuumed, DeadRows: dead}, err
 }
 
-// Pending reports whether v's key log holds keys, and the oldest one's data
-// time: the daemon's change detection for incremental views.
-func (s *IncrementalStrategy) Pending(ctx context.Context, v *config.View) (bool, time.Time, error) {
+// Pending reports whether v's key log holds keys and, if oldest is asked
+// for, the oldest one's data time: the daemon's change detection for
+// incremental views.
+func (s *IncrementalStrategy) Pending(ctx context.Context, v *config.View, oldest bool) (bool, time.Time, error) {
 	plan, ok := s.plan(v)
 	if !ok {
 		return false, time.Time{}, nil
 	}
-	owed, oldest, err := incremental.Pending(ctx, s.Pool, plan)
+	owed, at, err := incremental.Pending(ctx, s.Pool, plan, oldest)
 	if err != nil {
 		return false, time.Time{}, fmt.Errorf("check key log of %s: %w", v.Name, err)
 	}
-	return owed, oldest, nil
+	return owed, at, nil
 }
 
 // Verify compares v's incremental summary with a fresh full aggregate in one

@@ -494,16 +494,26 @@ func notOurs(view config.QualifiedName, relkind string) error {
 	return fmt.Errorf("%s is %s, not a table or materialized view: refresherd does not replace it", view, what)
 }
 
-// Pending reports whether the log holds keys and the oldest one's time
-// (its writer's transaction start). It reads the whole log, which a round
-// drains: it is as small as what was written since the last round.
-func Pending(ctx context.Context, q Queryer, p Plan) (bool, time.Time, error) {
-	var oldest *time.Time
-	if err := q.QueryRow(ctx, "SELECT min("+logTimeColumn+") FROM "+LogTable(p).Sanitized()).Scan(&oldest); err != nil {
+// Pending reports whether the log holds keys and, if oldest is asked for,
+// the oldest one's time (its writer's transaction start). The oldest needs
+// the whole log read; whether it holds keys needs one visible row, which
+// matters when rounds are held off (a rebuild, a long debounce) and the log
+// grows while it is polled several times a second.
+func Pending(ctx context.Context, q Queryer, p Plan, oldest bool) (bool, time.Time, error) {
+	log := LogTable(p).Sanitized()
+	if !oldest {
+		var any bool
+		if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT FROM "+log+")").Scan(&any); err != nil {
+			return false, time.Time{}, fmt.Errorf("pending keys of %s: %w", p.View, err)
+		}
+		return any, time.Time{}, nil
+	}
+	var at *time.Time
+	if err := q.QueryRow(ctx, "SELECT min("+logTimeColumn+") FROM "+log).Scan(&at); err != nil {
 		return false, time.Time{}, fmt.Errorf("pending keys of %s: %w", p.View, err)
 	}
-	if oldest == nil {
+	if at == nil {
 		return false, time.Time{}, nil
 	}
-	return true, *oldest, nil
+	return true, *at, nil
 }

@@ -304,8 +304,10 @@ func TestPending(t *testing.T) {
 	p := chargePlan()
 	seed(t, pool, 50, 2, 2)
 	ready(t, pool, p)
-	if pending, oldest, err := Pending(ctx, pool, p); err != nil || pending || !oldest.IsZero() {
-		t.Fatalf("empty log: %v %v %v", pending, oldest, err)
+	for _, oldest := range []bool{true, false} {
+		if pending, at, err := Pending(ctx, pool, p, oldest); err != nil || pending || !at.IsZero() {
+			t.Fatalf("empty log (oldest %v): %v %v %v", oldest, pending, at, err)
+		}
 	}
 	var first time.Time
 	for i := range 2 {
@@ -321,14 +323,19 @@ func TestPending(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pending, oldest, err := Pending(ctx, pool, p)
+	pending, oldest, err := Pending(ctx, pool, p, true)
 	if err != nil || !pending || !oldest.Equal(first) {
 		t.Fatalf("after two writes: %v %v %v, want pending since %v", pending, oldest, err, first)
+	}
+	if pending, at, err := Pending(ctx, pool, p, false); err != nil || !pending || !at.IsZero() {
+		t.Fatalf("after two writes, existence only: %v %v %v, want pending, no time", pending, at, err)
 	}
 	if r := round(t, pool, p); !r.Oldest.Equal(first) || r.Touched != 1 {
 		t.Errorf("round %+v, want 1 group since %v", r, first)
 	}
-	if pending, _, err := Pending(ctx, pool, p); err != nil || pending {
-		t.Fatalf("after the round: %v %v", pending, err)
+	for _, oldest := range []bool{true, false} {
+		if pending, _, err := Pending(ctx, pool, p, oldest); err != nil || pending {
+			t.Fatalf("after the round (oldest %v): %v %v", oldest, pending, err)
+		}
 	}
 }
