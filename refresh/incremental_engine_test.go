@@ -125,6 +125,17 @@ func writeRandomly(t *testing.T, pool *pgxpool.Pool, writers, n int, seed uint64
 	wg.Wait()
 }
 
+// settledIncrementalEngine runs an engine on a charge database with an
+// incremental summary and waits until the summary is built and exact.
+func settledIncrementalEngine(t *testing.T) (*pgxpool.Pool, config.View, *Engine) {
+	t.Helper()
+	pool, v := chargeDB(t, config.StrategyIncremental)
+	e := newTestEngine(t, pool, v)
+	runEngine(t, e)
+	incrementalSettled(t, e, pool, &v)
+	return pool, v, e
+}
+
 // incrementalSettled waits until the summary equals its query and the
 // engine owes nothing.
 func incrementalSettled(t *testing.T, e *Engine, pool *pgxpool.Pool, v *config.View) {
@@ -153,10 +164,7 @@ func rebuilds(e *Engine, view, reason string) float64 {
 // each force a rebuild, counted with its reason, and it is exact again.
 func TestIncrementalUnderConcurrentWriters(t *testing.T) {
 	t.Parallel()
-	pool, v := chargeDB(t, config.StrategyIncremental)
-	e := newTestEngine(t, pool, v)
-	runEngine(t, e)
-	incrementalSettled(t, e, pool, &v)
+	pool, v, e := settledIncrementalEngine(t)
 	if n := rebuilds(e, v.Name.String(), RebuildInitial); n != 1 {
 		t.Fatalf("initial rebuilds = %v, want 1", n)
 	}
@@ -432,10 +440,7 @@ func TestRoundSnapshotAfterLock(t *testing.T) {
 func TestNoEmptyRoundAfterSlowRound(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, v := chargeDB(t, config.StrategyIncremental)
-	e := newTestEngine(t, pool, v)
-	runEngine(t, e)
-	incrementalSettled(t, e, pool, &v)
+	pool, v, e := settledIncrementalEngine(t)
 	rounds := func() int {
 		var n int
 		if err := pool.QueryRow(ctx, `SELECT count(*) FROM refresherd.refresh_log WHERE view_name = $1`, v.Name.String()).Scan(&n); err != nil {
@@ -472,10 +477,7 @@ func TestNoEmptyRoundAfterSlowRound(t *testing.T) {
 // would otherwise tax writers and fill a log no round drains.
 func TestRemovedViewLosesCapture(t *testing.T) {
 	t.Parallel()
-	pool, inc := chargeDB(t, config.StrategyIncremental)
-	e := newTestEngine(t, pool, inc)
-	runEngine(t, e)
-	incrementalSettled(t, e, pool, &inc)
+	pool, _, e := settledIncrementalEngine(t)
 	if c := captureObjects(t, pool); c.triggers != 4 || c.logs != 1 || c.locks != 1 {
 		t.Fatalf("capture objects %+v while incremental", c)
 	}

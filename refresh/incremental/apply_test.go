@@ -222,7 +222,6 @@ func TestNullableUniqueKey(t *testing.T) {
 // TestRoundUsesSourceIndex: the recompute reaches the touched groups
 // through the source's index, not by reading the whole table.
 func TestRoundUsesSourceIndex(t *testing.T) {
-	ctx := context.Background()
 	pool := testPool(t, false)
 	mustExec(t, pool, `CREATE INDEX app_charge_user_month ON public.app_charge (user_id, month)`)
 	seed(t, pool, 40000, 2000, 5)
@@ -232,18 +231,7 @@ func TestRoundUsesSourceIndex(t *testing.T) {
 	mustExec(t, pool, `UPDATE public.app_charge SET amount = amount + 1 WHERE id IN (5, 500, 5000, 20000, 39000)`)
 	mustExec(t, pool, `INSERT INTO public.app_charge (type, amount, month, user_id, job_id) VALUES ('hw', 1, '2026-03-01', 7, NULL)`)
 
-	var plan []string
-	if err := inTx(t, pool, pgx.RepeatableRead, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, "EXPLAIN "+applySQL(p), pgx.QueryExecModeExec)
-		if err != nil {
-			return err
-		}
-		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	text := strings.Join(plan, "\n")
+	text := explainRound(t, pool, p, "")
 	if regexp.MustCompile(`Seq Scan on app_charge\b`).MatchString(text) ||
 		!(strings.Contains(text, "Index Scan using app_charge_user_month") || strings.Contains(text, "Bitmap Index Scan on app_charge_user_month")) {
 		t.Fatalf("the round does not read app_charge through app_charge_user_month:\n%s", text)
@@ -273,21 +261,7 @@ func TestRoundUsesCoveringIndex(t *testing.T) {
 	ready(t, pool, p)
 	mustExec(t, pool, `UPDATE public.app_charge SET amount = amount + 1 WHERE id IN (5, 500, 5000, 20000, 39000)`)
 
-	var plan []string
-	if err := inTx(t, pool, pgx.RepeatableRead, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, "EXPLAIN (ANALYZE, COSTS OFF) "+applySQL(p), pgx.QueryExecModeExec)
-		if err != nil {
-			return err
-		}
-		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return err
-		}
-		return errors.New("roll back") // the round is applied below
-	}); err == nil || err.Error() != "roll back" {
-		t.Fatal(err)
-	}
-	text := strings.Join(plan, "\n")
+	text := explainRound(t, pool, p, "(ANALYZE, COSTS OFF)") // rolled back: the round is applied below
 	if !strings.Contains(text, "Index Only Scan using app_charge_covering") {
 		t.Errorf("the round does not read app_charge by index-only scan:\n%s", text)
 	}

@@ -2,6 +2,7 @@ package incremental
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +105,29 @@ func inTx(t *testing.T, pool *pgxpool.Pool, iso pgx.TxIsoLevel, fn func(pgx.Tx) 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: iso}, fn)
+}
+
+// explainRound returns the plan of p's round statement, EXPLAINed with
+// options (e.g. "(ANALYZE, COSTS OFF)") at REPEATABLE READ in a transaction
+// that is rolled back, so an EXPLAIN ANALYZE applies nothing.
+func explainRound(t *testing.T, pool *pgxpool.Pool, p Plan, options string) string {
+	t.Helper()
+	errRollBack := errors.New("roll back")
+	var plan []string
+	err := inTx(t, pool, pgx.RepeatableRead, func(tx pgx.Tx) error {
+		rows, err := tx.Query(context.Background(), "EXPLAIN "+options+" "+applySQL(p), pgx.QueryExecModeExec)
+		if err != nil {
+			return err
+		}
+		if plan, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return err
+		}
+		return errRollBack
+	})
+	if !errors.Is(err, errRollBack) {
+		t.Fatalf("explain the round: %v", err)
+	}
+	return strings.Join(plan, "\n")
 }
 
 func install(t *testing.T, pool *pgxpool.Pool, p Plan) {

@@ -233,18 +233,7 @@ func TestReadersDuringRebuild(t *testing.T) {
 	assertEqual(t, pool, p)
 
 	mustExec(t, pool, `UPDATE public.app_charge SET amount = amount + 1 WHERE id IN (7, 70, 700, 7000, 70000)`)
-	var plan []string
-	if err := inTx(t, pool, pgx.RepeatableRead, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, "EXPLAIN "+applySQL(p), pgx.QueryExecModeExec)
-		if err != nil {
-			return err
-		}
-		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if text := strings.Join(plan, "\n"); regexp.MustCompile(`Seq Scan on app_chargesummary\b`).MatchString(text) {
+	if text := explainRound(t, pool, p, ""); regexp.MustCompile(`Seq Scan on app_chargesummary\b`).MatchString(text) {
 		t.Errorf("the round reads the whole summary:\n%s", text)
 	}
 	round(t, pool, p)
