@@ -167,10 +167,18 @@ func createLog(ctx context.Context, tx pgx.Tx, p Plan, log config.QualifiedName)
 // functionBody is the plpgsql body of the trigger function for event. It
 // runs in every writer's statement, with the writer's search_path and
 // without SET search_path, so it resolves nothing through it: tables are
-// schema-qualified, the one function call is qualified, transition tables
-// are found before any schema, and DISTINCT/UNION find equality through
-// the types' default operator classes, not by name. One INSERT ... SELECT
-// per statement: the least that works.
+// schema-qualified, the one function call is qualified and transition
+// tables are found before any schema. One INSERT ... SELECT per statement:
+// the least that works.
+//
+// The keys are appended as the statement's rows carry them, duplicates
+// included: a round drains the log with SELECT DISTINCT, so deduplicating
+// here would only save log rows, and it costs every writer. Measured on
+// PostgreSQL 15 (docs/incremental.md, "Writers"): a DISTINCT (or UNION) over
+// the transition table plans a HashAggregate whose set-up costs a
+// single-row statement about 6 us, as much as the log insert itself, while
+// a bulk statement with many rows per group saves only log rows that the
+// round's DISTINCT removes anyway.
 func functionBody(p Plan, event string) (string, error) {
 	log := LogTable(p)
 	cols := func(alias string) string {
@@ -186,13 +194,14 @@ func functionBody(p Plan, event string) (string, error) {
 	var stmt string
 	switch event {
 	case "INSERT":
-		stmt = ins + "SELECT DISTINCT " + cols("n") + " FROM " + newTable + " n"
+		stmt = ins + "SELECT " + cols("n") + " FROM " + newTable + " n"
 	case "UPDATE":
 		// Old and new key: a row that moves leaves one group for another.
-		// UNION removes duplicates, so an update in place logs one key.
-		stmt = ins + "SELECT " + cols("o") + " FROM " + oldTable + " o UNION SELECT " + cols("n") + " FROM " + newTable + " n"
+		// An update in place logs its key twice; the round's DISTINCT
+		// makes it one group to recompute.
+		stmt = ins + "SELECT " + cols("o") + " FROM " + oldTable + " o UNION ALL SELECT " + cols("n") + " FROM " + newTable + " n"
 	case "DELETE":
-		stmt = ins + "SELECT DISTINCT " + cols("o") + " FROM " + oldTable + " o"
+		stmt = ins + "SELECT " + cols("o") + " FROM " + oldTable + " o"
 	case "TRUNCATE":
 		// DO UPDATE, not DO NOTHING: a Rebuild that read an older request
 		// then fails to delete the row (concurrent update) instead of

@@ -24,6 +24,7 @@ import (
 	"github.com/refresherd/refresherd/bench/internal/stats"
 	"github.com/refresherd/refresherd/bench/internal/sysinfo"
 	"github.com/refresherd/refresherd/internal/demodata"
+	"github.com/refresherd/refresherd/refresh/incremental"
 )
 
 // The incremental section (issue 12): per data shape and size, the
@@ -882,6 +883,11 @@ func (ie *incEnv) writer(ctx context.Context, modes []string) error {
 			var measured []*results.WriterMode
 			for i := range ms {
 				m := ms[(i+r)%len(ms)]
+				if m.Mode == "capture" {
+					if err := ie.emptyKeyLogs(ctx, db(m.Mode)); err != nil {
+						return fmt.Errorf("writer test, %s: %w", m.Mode, err)
+					}
+				}
 				pb := pgtools.Pgbench{DB: db(m.Mode), Script: script, Clients: c, Duration: ie.o.IncWriterDuration}
 				tps, err := pb.Run(ctx, ie.srv)
 				if err != nil {
@@ -925,6 +931,33 @@ func (ie *incEnv) writer(ctx context.Context, modes []string) error {
 		wr.Modes = append(wr.Modes, *m)
 	}
 	ie.inc.Writers = append(ie.inc.Writers, wr)
+	return nil
+}
+
+// emptyKeyLogs empties db's key logs. The capture mode's daemon is
+// stopped, so nothing drains them: left alone they would grow by every run
+// (about a million rows over a writer test) and their pages, vacuums and
+// evictions would weigh on every mode's runs, whereas a running daemon keeps
+// its log a round's worth long.
+func (ie *incEnv) emptyKeyLogs(ctx context.Context, db string) error {
+	conn, err := pgx.Connect(ctx, ie.cluster.URL(db))
+	if err != nil {
+		return fmt.Errorf("empty key logs: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, "SELECT log_name FROM "+pgx.Identifier{incremental.Schema, incremental.RegistryTable}.Sanitize())
+	if err != nil {
+		return fmt.Errorf("empty key logs: %w", err)
+	}
+	logs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("empty key logs: %w", err)
+	}
+	for _, l := range logs {
+		if _, err := conn.Exec(ctx, "TRUNCATE "+pgx.Identifier{incremental.Schema, l}.Sanitize()); err != nil {
+			return fmt.Errorf("empty key log %s: %w", l, err)
+		}
+	}
 	return nil
 }
 
