@@ -675,7 +675,7 @@ func Findings(run *results.Run) []string {
 		cpus := 0.0
 		_, _ = fmt.Sscan(run.Machine.NProc, &cpus)
 		if cpus > 0 && hi > cpus {
-			out = append(out, fmt.Sprintf("The machine was busy during the run: the 1-minute load average reached %.1f on %.0f CPUs (other work shared them), so every figure here is noisier and slower than on a quiet machine.", hi, cpus))
+			out = append(out, fmt.Sprintf("The CPUs were saturated during the run: the 1-minute load average at step starts reached %.1f on %.0f CPUs. It counts the benchmark's own load too (up to 32 pgbench clients in the writer tests, whose average lingers into the next steps), so it does not say that other work ran; throughput on this machine varies by tens of percent between runs of seconds, which is why ratios are taken within a round.", hi, cpus))
 		}
 	}
 	if id := run.Idle; id != nil {

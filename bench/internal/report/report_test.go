@@ -69,7 +69,7 @@ func TestFindingsSayWhereRefresherdLoses(t *testing.T) {
 		"change_detection stats is not available in this build",
 		"NOT every exit code was 0",
 		"SLOW for a daemon with nothing to finish",
-		"The machine was busy during the run",
+		"The CPUs were saturated during the run",
 		"it REFRESHED 2 times while nothing changed",
 	} {
 		if !strings.Contains(text, want) {
