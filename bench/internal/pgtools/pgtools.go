@@ -224,8 +224,9 @@ func tail(s string, n int) string {
 // code is never copied into it): when pg_config's pkglibdir already holds
 // pg_ivm.so and its extension folder the control file of this very source,
 // nothing is done; otherwise, as root, it installs Debian's
-// postgresql-server-dev-MAJOR when PGXS is missing, builds a copy of src in
-// a folder under work (without LLVM bitcode) and runs `make install`. It
+// postgresql-server-dev-MAJOR when PGXS or the server's headers are
+// missing, builds a copy of src in a folder under work (without LLVM
+// bitcode) and runs `make install`. It
 // returns what it did and the version, for the report; an error says
 // plainly why pg_ivm is not available.
 func EnsurePgIvm(ctx context.Context, binDir, src, work string, logf func(string, ...any)) (how, version string, err error) {
@@ -239,15 +240,16 @@ func EnsurePgIvm(ctx context.Context, binDir, src, work string, logf func(string
 	}
 	version = string(m[1])
 	pgConfig := filepath.Join(binDir, "pg_config")
-	out, err := exec.CommandContext(ctx, pgConfig, "--pkglibdir", "--sharedir", "--pgxs", "--version").Output()
+	out, err := exec.CommandContext(ctx, pgConfig, "--pkglibdir", "--sharedir", "--pgxs", "--includedir-server", "--version").Output()
 	if err != nil {
 		return "", version, fmt.Errorf("ensure pg_ivm: pg_config: %w", err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) < 4 {
+	if len(lines) < 5 {
 		return "", version, fmt.Errorf("ensure pg_ivm: pg_config printed %q", out)
 	}
-	libDir, shareDir, pgxs, pgVersion := strings.TrimSpace(lines[0]), strings.TrimSpace(lines[1]), strings.TrimSpace(lines[2]), strings.TrimSpace(lines[3])
+	libDir, shareDir, pgxs, serverInclude, pgVersion := strings.TrimSpace(lines[0]), strings.TrimSpace(lines[1]),
+		strings.TrimSpace(lines[2]), strings.TrimSpace(lines[3]), strings.TrimSpace(lines[4])
 	so := filepath.Join(libDir, "pg_ivm.so")
 	installedControl := filepath.Join(shareDir, "extension", "pg_ivm.control")
 	installed := func() bool {
@@ -262,7 +264,14 @@ func EnsurePgIvm(ctx context.Context, binDir, src, work string, logf func(string
 		return "", version, fmt.Errorf("ensure pg_ivm: %s is missing and building and installing it from %s needs root", so, src)
 	}
 	var did []string
-	if _, err := os.Stat(pgxs); err != nil {
+	// Debian 12 ships pgxs.mk in postgresql-client-MAJOR; the server's
+	// headers come only with postgresql-server-dev-MAJOR.
+	present := func() bool {
+		_, err := os.Stat(pgxs)
+		_, herr := os.Stat(filepath.Join(serverInclude, "postgres.h"))
+		return err == nil && herr == nil
+	}
+	if !present() {
 		f := strings.Fields(pgVersion) // "PostgreSQL 15.18 (Debian ...)"
 		if len(f) < 2 {
 			return "", version, fmt.Errorf("ensure pg_ivm: cannot parse version %q", pgVersion)
@@ -276,7 +285,6 @@ func EnsurePgIvm(ctx context.Context, binDir, src, work string, logf func(string
 			pkg += "=" + string(bytes.TrimSpace(v))
 		}
 		logf("installing %s with apt-get (to build pg_ivm)", pkg)
-		present := func() bool { _, err := os.Stat(pgxs); return err == nil }
 		if err := pgcluster.AptInstall(ctx, pkg, present); err != nil {
 			return "", version, fmt.Errorf("ensure pg_ivm: %s (the server's own version; a newer one would upgrade the server): %w", pkg, err)
 		}
