@@ -176,9 +176,9 @@ func createLog(ctx context.Context, tx pgx.Tx, p Plan, log config.QualifiedName)
 // here would only save log rows, and it costs every writer. Measured on
 // PostgreSQL 15 (docs/incremental.md, "Writers"): a DISTINCT (or UNION) over
 // the transition table plans a HashAggregate whose set-up costs a
-// single-row statement about 6 us, as much as the log insert itself, while
-// a bulk statement with many rows per group saves only log rows that the
-// round's DISTINCT removes anyway.
+// single-row statement about 6 us, as much as the log insert itself. Bulk
+// statements trade both ways: into few groups DISTINCT would be cheaper
+// (fewer log rows), into many groups dearer (hashing every row).
 func functionBody(p Plan, event string) (string, error) {
 	log := LogTable(p)
 	cols := func(alias string) string {

@@ -936,7 +936,7 @@ func (ie *incEnv) writer(ctx context.Context, modes []string) error {
 
 // emptyKeyLogs empties db's key logs. The capture mode's daemon is
 // stopped, so nothing drains them: left alone they would grow by every run
-// (about a million rows over a writer test) and their pages, vacuums and
+// (~800,000 rows over a 12-round writer test) and their pages, vacuums and
 // evictions would weigh on every mode's runs, whereas a running daemon keeps
 // its log a round's worth long.
 func (ie *incEnv) emptyKeyLogs(ctx context.Context, db string) error {
