@@ -279,7 +279,7 @@ func (e *env) loadShippedConfig() error {
 	e.viewSQL = v.Name.Sanitized()
 	e.run.Config = results.ConfigInfo{
 		Path: "config.yaml", View: v.Name.String(), Debounce: v.Debounce, MaxDelay: v.MaxDelay,
-		Schedule: v.Schedule, Concurrently: v.Concurrently, Detection: v.ChangeDetection, Query: v.Query,
+		TargetLag: v.TargetLag, MaxLoad: v.MaxLoad, Schedule: v.Schedule, Concurrently: v.Concurrently, Detection: v.ChangeDetection, Query: v.Query,
 	}
 	return nil
 }

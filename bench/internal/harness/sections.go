@@ -496,6 +496,9 @@ func (s *sizeEnv) freshRefresherd(ctx context.Context, rate float64) error {
 	}
 	row.DaemonCPU = float64(cpu1-cpu0) / float64(s.clk) / elapsed.Seconds()
 	row.Command = fmt.Sprintf("demodata.Writer: single-row autocommit INSERTs at %g/s from %d connections, for %s; a separate connection polls the summary every 20 ms", rate, writersFor(rate), s.o.FreshWindow)
+	if row.Timeline, err = s.refreshTimeline(ctx, s.db, t0); err != nil {
+		return err
+	}
 	if err := s.d.waitSettled(ctx, 30*time.Minute); err != nil {
 		return err
 	}
@@ -503,6 +506,31 @@ func (s *sizeEnv) freshRefresherd(ctx context.Context, rate float64) error {
 	s.sz.Freshness = append(s.sz.Freshness, row)
 	s.logf("refresherd at %g/s: %d commits in window, lag median %.2f s, p99 %.2f s, %d refreshes", rate, out.res.InWindow, row.Summary.Median, row.Summary.P99, row.Refreshes)
 	return nil
+}
+
+// refreshTimeline reads the view's successful refreshes that finished
+// since from refresherd's own log: how long each took and the gaps between
+// them, which make a change's worst lag under back-to-back refreshes.
+func (s *sizeEnv) refreshTimeline(ctx context.Context, db string, since time.Time) ([]results.Refresh, error) {
+	conn, err := pgx.Connect(ctx, s.cluster.URL(db))
+	if err != nil {
+		return nil, fmt.Errorf("read refresh log: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, `SELECT started_at, finished_at FROM refresherd.refresh_log
+		WHERE view_name = $1 AND result = 'success' AND finished_at >= $2 ORDER BY started_at`, s.view.Name.String(), since)
+	if err != nil {
+		return nil, fmt.Errorf("read refresh log: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (results.Refresh, error) {
+		var x results.Refresh
+		err := r.Scan(&x.Started, &x.Finished)
+		return x, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read refresh log: %w", err)
+	}
+	return out, nil
 }
 
 // verify compares the view with the aggregate in one snapshot.

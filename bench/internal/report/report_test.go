@@ -212,3 +212,45 @@ func TestSaveLoadRendersTheSameReport(t *testing.T) {
 		}
 	}
 }
+
+// TestTargetBoundFinding: with a target_lag the sustained bound is issue
+// 13's max(target, debounce + 2R) + 0.5 s, and the refresh timeline says
+// what made the worst lag.
+func TestTargetBoundFinding(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	// Three refreshes of 3, 4 and 3 s with 0.4 and 0.5 s between them:
+	// the worst pair runs from 3.4 to 7.4 + 0.5 + 3 = 10.9 s, 7.5 s.
+	tl := []results.Refresh{{Started: at(0), Finished: at(3)}, {Started: at(3.4), Finished: at(7.4)}, {Started: at(7.9), Finished: at(10.9)}}
+	c := results.ConfigInfo{Debounce: time.Second, MaxDelay: 10 * time.Second, TargetLag: 2 * time.Second, MaxLoad: 0.9}
+	sum := func(xs ...float64) stats.Summary { return stats.Summarize(xs) }
+	for _, tc := range []struct {
+		name string
+		c    results.ConfigInfo
+		row  results.FreshRow
+		want []string
+	}{
+		{"met within the target", c,
+			results.FreshRow{Summary: sum(0.5, 1.8), RefreshMean: 0.3, Refreshes: 3},
+			[]string{"within the 2s target_lag", "= 2.50 s: MET"}},
+		{"back to back, met", c,
+			results.FreshRow{Summary: sum(5, 7.6), RefreshMean: 3.33, Refreshes: 3, Timeline: tl},
+			[]string{"over the 2s target_lag by 5.60 s", "debounce + 2R (7.68 s)) + 0.5 s = 8.18 s: MET", "3 refreshes took 3.00 s median, 4.00 s at most, 450 ms apart", "took 7.50 s"}},
+		{"back to back, missed", c,
+			results.FreshRow{Summary: sum(5, 9), RefreshMean: 3.33, Refreshes: 3, Timeline: tl},
+			[]string{"= 8.18 s: MISSED by 820 ms"}},
+		{"no target: max_delay decides", results.ConfigInfo{Debounce: time.Second, MaxDelay: 10 * time.Second},
+			results.FreshRow{Summary: sum(5, 9), RefreshMean: 1, Refreshes: 3},
+			[]string{"max_delay (10s) decides; it is within max(max_delay, R) + R (11.02 s)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			iso, sus := bounds(tc.c, tc.row.RefreshMean)
+			got := boundFinding(tc.c, tc.row, iso, sus)
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("finding lacks %q:\n%s", w, got)
+				}
+			}
+		})
+	}
+}

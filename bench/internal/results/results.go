@@ -50,6 +50,8 @@ type ConfigInfo struct {
 	View         string
 	Debounce     time.Duration
 	MaxDelay     time.Duration
+	TargetLag    time.Duration // 0: none
+	MaxLoad      float64
 	Schedule     string
 	Concurrently bool
 	Detection    string
@@ -104,11 +106,22 @@ type FreshRow struct {
 	ClaimChecks bool // violations were checked
 	Refreshes   int  // refreshes that completed during the run
 	RefreshMean float64
-	DaemonCPU   float64 // daemon CPU seconds per second of run (refresherd)
-	Verified    string  // content check after the run
-	Note        string
-	Command     string
+	// Timeline is the successful refreshes that finished during the run,
+	// from refresherd.refresh_log, in order (refresherd only).
+	Timeline  []Refresh
+	DaemonCPU float64 // daemon CPU seconds per second of run (refresherd)
+	Verified  string  // content check after the run
+	Note      string
+	Command   string
 }
+
+// Refresh is one refresh of the view as refresherd logged it.
+type Refresh struct {
+	Started, Finished time.Time
+}
+
+// Seconds is the refresh's duration.
+func (r Refresh) Seconds() float64 { return r.Finished.Sub(r.Started).Seconds() }
 
 // Writer is the writer-impact section.
 type Writer struct {
