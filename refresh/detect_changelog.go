@@ -102,10 +102,8 @@ type changelogDetector struct {
 	log  *zap.Logger
 	// detection is the mode the detector serves: its sentinel's name.
 	detection string
-	// arm: arm the doorbell before each drain (notify) when ringWanted
-	// (nil: always) says a ring would be news.
-	arm        bool
-	ringWanted func() bool
+	// arm: arm the doorbell before each drain (notify).
+	arm bool
 
 	drainedSinceVacuum int64
 	lastVacuum         time.Time
@@ -122,18 +120,9 @@ func newChangelogDetector(pool *pgxpool.Pool, log *zap.Logger) *changelogDetecto
 // this poll, and one that finds it armed rings for the next poll. Only a
 // transaction that found it disarmed and commits after the snapshot waits
 // for a later poll: the next ring's, or the fallback poll's.
-//
-// A poll arms only when ringWanted (nil: always) says a ring would be news
-// to some view: while every notify view already owes a refresh for a change
-// (under a steady stream of writes, from a refresh's first drained change
-// to the next refresh's start), a ring would only cause another drain that
-// changes no plan, and each costs the writers a notifying commit and the
-// server a drain. Then the doorbell stays disarmed and the fallback poll
-// drains the log every poll_interval; the poll after a refresh starts arms
-// it again. Arming is only ever about latency: the log loses nothing.
-func newDoorbellDetector(pool *pgxpool.Pool, log *zap.Logger, ringWanted func() bool) *changelogDetector {
+func newDoorbellDetector(pool *pgxpool.Pool, log *zap.Logger) *changelogDetector {
 	d := newChangelogDetector(pool, log)
-	d.detection, d.arm, d.ringWanted = config.DetectNotify, true, ringWanted
+	d.detection, d.arm = config.DetectNotify, true
 	return d
 }
 
@@ -156,7 +145,7 @@ func (d *changelogDetector) poll(ctx context.Context, r pollRound, sink changeSi
 	)
 	scan := func(row pgx.Row) error { return row.Scan(&sentinel, &schemas, &tables, &oldest, &drained) }
 	var err error
-	if d.arm && (d.ringWanted == nil || d.ringWanted()) {
+	if d.arm {
 		// One round trip; the drain's snapshot is taken after the arm.
 		b := &pgx.Batch{}
 		b.Queue(armDoorbellSQL)

@@ -37,7 +37,7 @@ func logSetup(t *testing.T, mode string) (*pgxpool.Pool, *changelogDetector) {
 		t.Fatal(err)
 	}
 	if mode == config.DetectNotify {
-		return pool, newDoorbellDetector(pool, zaptest.NewLogger(t), nil)
+		return pool, newDoorbellDetector(pool, zaptest.NewLogger(t))
 	}
 	return pool, newChangelogDetector(pool, zaptest.NewLogger(t))
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/refresherd/refresherd/config"
-	"github.com/refresherd/refresherd/metrics"
 	dbsql "github.com/refresherd/refresherd/sql"
 )
 
@@ -342,9 +341,6 @@ func startDoorbell(t *testing.T, pool *pgxpool.Pool, sessionCfg *pgx.ConnConfig,
 	ctx, cancel := context.WithCancel(context.Background())
 	d := r.e.notifyDetector(&term{ctx: ctx, cancel: cancel})
 	d.sink, d.doorbell.sink = r.rec, logSink{r.rec}
-	// No worker runs here to owe anything: every poll arms the doorbell
-	// (TestDoorbellQuietWhileOwed tests ringWanted with the engine).
-	d.doorbell.d.(*changelogDetector).ringWanted = nil
 	var wg sync.WaitGroup
 	wg.Go(func() { d.run(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
@@ -645,71 +641,4 @@ func TestDoorbellReplacesOldTrigger(t *testing.T) {
 			return ev.kind == "changed" && ev.mode == config.DetectNotify && ev.src == srcName && ev.at.Sub(at).Abs() < time.Millisecond
 		})
 	})
-}
-
-// TestDoorbellQuietWhileOwed runs the engine with a notify view whose
-// change refresh never comes by itself (debounce, max_delay: an hour): once
-// a change is owed, polls no longer arm the doorbell, so writers stop
-// ringing (after at most one more ring: the poll that drained the first
-// change armed before its drain), while the fallback poll still drains
-// every write; a refresh's start takes what was owed, and the next poll
-// arms the doorbell again.
-func TestDoorbellQuietWhileOwed(t *testing.T) {
-	pool := testPool(t) // with public.src
-	v := testView(t, "public.sum_src", sumQuery)
-	v.Debounce, v.MaxDelay, v.PollInterval = time.Hour, time.Hour, 30*time.Millisecond
-	e := newTestEngine(t, pool, *v)
-	runEngine(t, e)
-	waitFor(t, 10*time.Second, "the start-up refresh and the doorbell armed", func() bool {
-		return refreshCounts(t, pool)[v.Name.String()][metrics.TriggerStartup] == 1 && armed(t, pool)
-	})
-	b := listenBell(t, pool)
-	pending := func() int64 {
-		for _, s := range e.Status().Views {
-			if s.View == v.Name.String() {
-				return s.PendingChanges
-			}
-		}
-		t.Fatal("no status for the view")
-		return 0
-	}
-
-	mustInsert(t, pool, "src")
-	waitFor(t, 5*time.Second, "the first write to be owed", func() bool { return pending() > 0 })
-	if got := b.rings(); got != 1 {
-		t.Fatalf("first write: %d rings, want 1", got)
-	}
-	// The poll that drained it began while nothing was owed: it armed the
-	// doorbell, so the next writer rings once more. Its poll does not arm.
-	mustInsert(t, pool, "src")
-	if got := b.rings(); got != 1 {
-		t.Fatalf("second write: %d rings, want 1", got)
-	}
-	waitFor(t, 5*time.Second, "the second write to be drained", func() bool { return logRows(t, pool) == 0 })
-	// Polls go on (fallback) but leave the doorbell disarmed.
-	polls := e.pollCount(config.DetectNotify)
-	waitFor(t, 5*time.Second, "three more polls", func() bool { return e.pollCount(config.DetectNotify) >= polls+3 })
-	if armed(t, pool) {
-		t.Fatal("a poll armed the doorbell while the view already owed a change refresh")
-	}
-	owed := pending()
-	for range 5 {
-		mustInsert(t, pool, "src")
-	}
-	waitFor(t, 5*time.Second, "the fallback poll to drain the writes", func() bool {
-		return logRows(t, pool) == 0 && pending() > owed
-	})
-	if got := b.rings(); got != 0 {
-		t.Fatalf("writes while a change was owed: %d rings, want 0", got)
-	}
-
-	// A refresh starts (manual): nothing is owed, and the next poll arms.
-	e.RefreshAll()
-	waitFor(t, 5*time.Second, "the manual refresh and the doorbell re-armed", func() bool {
-		return refreshCounts(t, pool)[v.Name.String()][metrics.TriggerManual] == 1 && armed(t, pool)
-	})
-	mustInsert(t, pool, "src")
-	if got := b.rings(); got != 1 {
-		t.Fatalf("write after the refresh: %d rings, want 1", got)
-	}
 }

@@ -47,7 +47,7 @@ func (e *Engine) notifyDetector(t *term) *notifyDetector {
 		},
 	}
 	log := e.log.Named("detector").With(zap.String("change_detection", config.DetectNotify))
-	d.doorbell = e.newPoller(newDoorbellDetector(e.pool, log, e.ringWanted), log)
+	d.doorbell = e.newPoller(newDoorbellDetector(e.pool, log), log)
 	d.doorbell.wake, d.doorbell.ringGap = d.wake, doorbellRingGap
 	first := true
 	d.listener = &Listener{
@@ -84,18 +84,6 @@ func (e *Engine) notifyDetector(t *term) *notifyDetector {
 }
 
 func (d *notifyDetector) mode() string { return config.DetectNotify }
-
-// ringWanted reports whether a ring of notify's doorbell would be news:
-// some view set up with notify owes no change refresh yet (see
-// newDoorbellDetector).
-func (e *Engine) ringWanted() bool {
-	for _, w := range e.snapshot() {
-		if w.wantsRing() {
-			return true
-		}
-	}
-	return false
-}
 
 func (d *notifyDetector) run(ctx context.Context) {
 	var wg sync.WaitGroup

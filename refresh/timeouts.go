@@ -103,15 +103,13 @@ const (
 	// upstreamSetupWait: a view whose declared upstream is not set up yet
 	// looks again this soon.
 	upstreamSetupWait = 200 * time.Millisecond
-	// doorbellRingGap: when a ring is news (some notify view owes no
-	// change refresh yet) the doorbell is re-armed at each poll and rung at
-	// once under a steady stream of writes; its drains come at most this
+	// doorbellRingGap: under a steady stream of writes, notify's doorbell
+	// is rung as soon as it is re-armed; its drains come at most this
 	// often then, which is also the most they add to a change's detection.
 	// Each drain costs about 0.1 ms of database time plus 2 us per row, and
 	// the daemon about 1 ms of CPU (with 20 ms, the daemon used 3% of a CPU
 	// more than changelog's at 50 commits/s; docs/change-detection.md). A
-	// ring after a quiet spell is answered at once. While every notify view
-	// already owes a change refresh, polls do not re-arm it (ringWanted):
-	// the fallback poll drains the log every poll_interval instead.
+	// ring after a quiet spell is answered at once, and under sustained
+	// writes the debounce, not detection, decides when a refresh starts.
 	doorbellRingGap = 50 * time.Millisecond
 )

@@ -123,15 +123,6 @@ func (w *worker) noteTarget(s targetState) {
 	w.log.Info("freshness target met again", zap.Duration("target_lag", w.view.TargetLag), zap.Duration("refresh_estimate", w.sched.estimate))
 }
 
-// wantsRing reports whether notify's doorbell would tell w something: it
-// uses notify, is set up, and owes no refresh for a change yet (a refresh's
-// start takes what it owed).
-func (w *worker) wantsRing() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.ready && w.sched.settings.ChangeDetection == config.DetectNotify && (!w.sched.p.dirty || w.sched.p.first.IsZero())
-}
-
 func (w *worker) poke() {
 	select {
 	case w.wake <- struct{}{}:
