@@ -522,11 +522,7 @@ func (s *sizeEnv) refreshTimeline(ctx context.Context, db string, since time.Tim
 	if err != nil {
 		return nil, fmt.Errorf("read refresh log: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (results.Refresh, error) {
-		var x results.Refresh
-		err := r.Scan(&x.Started, &x.Finished)
-		return x, err
-	})
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[results.Refresh])
 	if err != nil {
 		return nil, fmt.Errorf("read refresh log: %w", err)
 	}
