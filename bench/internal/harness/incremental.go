@@ -858,7 +858,7 @@ func (ie *incEnv) writer(ctx context.Context, modes []string) error {
 			ms[i].Triggers = []string{"pg_ivm's own (internal) triggers"}
 		}
 		warm := pgtools.Pgbench{DB: db(m), Script: script, Clients: 8, Duration: warmUp}
-		if _, err := warm.Run(ctx, ie.srv); err != nil {
+		if err := warm.Warm(ctx, ie.srv); err != nil {
 			return fmt.Errorf("writer test, %s: warm-up: %w", m, err)
 		}
 		if d := daemons[m]; d != nil {

@@ -766,7 +766,7 @@ func (s *sizeEnv) writerSteps() []step {
 			// Each copy starts cold (not in shared buffers): warm it up
 			// untimed so that the first run measured does not pay for it.
 			warm := pgtools.Pgbench{DB: s.writerDBs[m.Mode], Script: script, Clients: 8, Duration: warmUp}
-			if _, err := warm.Run(ctx, s.srv); err != nil {
+			if err := warm.Warm(ctx, s.srv); err != nil {
 				return fmt.Errorf("writer impact, mode %s: warm-up: %w", m.Mode, err)
 			}
 			done, _, err := s.writerDaemons[m.Mode].counts(ctx)

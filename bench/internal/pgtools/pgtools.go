@@ -116,18 +116,50 @@ var failedRe = regexp.MustCompile(`(?m)^number of failed transactions: ([0-9]+)`
 // commits for a good part of a second). A run of one second returns
 // pgbench's overall TPS without connection time.
 func (p Pgbench) Run(ctx context.Context, s Server) (float64, error) {
+	out, err := p.exec(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	tps, err := ParseTPS(out)
+	if err != nil {
+		return 0, fmt.Errorf("pgbench -c %d: %w\n%s", p.Clients, err, tail(out, 1500))
+	}
+	return tps, nil
+}
+
+// Warm runs pgbench untimed, to bring a database into the caches: only a
+// pgbench error or a failed transaction is an error. A short warm-up on a
+// slow machine may commit nothing at all (its second goes on connecting
+// and loading caches), which is not one.
+func (p Pgbench) Warm(ctx context.Context, s Server) error {
+	out, err := p.exec(ctx, s)
+	if err != nil {
+		return err
+	}
+	if err := failedTransactions(out); err != nil {
+		return fmt.Errorf("pgbench -c %d: %w\n%s", p.Clients, err, tail(out, 1500))
+	}
+	return nil
+}
+
+// exec runs pgbench and returns its output.
+func (p Pgbench) exec(ctx context.Context, s Server) (string, error) {
 	cmd := exec.CommandContext(ctx, s.bin("pgbench"), p.Args(s)...)
 	cmd.Env = Env()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return 0, fmt.Errorf("pgbench -c %d: %w\n%s", p.Clients, err, tail(out.String(), 1500))
+		return "", fmt.Errorf("pgbench -c %d: %w\n%s", p.Clients, err, tail(out.String(), 1500))
 	}
-	tps, err := ParseTPS(out.String())
-	if err != nil {
-		return 0, fmt.Errorf("pgbench -c %d: %w\n%s", p.Clients, err, tail(out.String(), 1500))
+	return out.String(), nil
+}
+
+// failedTransactions says how many transactions pgbench reported failed.
+func failedTransactions(out string) error {
+	if m := failedRe.FindStringSubmatch(out); m != nil && m[1] != "0" {
+		return fmt.Errorf("%s failed transactions", m[1])
 	}
-	return tps, nil
+	return nil
 }
 
 // ParseTPS reads pgbench's output (with -P 1): the mean of the per-second
@@ -135,8 +167,8 @@ func (p Pgbench) Run(ctx context.Context, s Server) (float64, error) {
 // connection time when there is at most one progress line. Failed
 // transactions are an error.
 func ParseTPS(out string) (float64, error) {
-	if m := failedRe.FindStringSubmatch(out); m != nil && m[1] != "0" {
-		return 0, fmt.Errorf("%s failed transactions", m[1])
+	if err := failedTransactions(out); err != nil {
+		return 0, err
 	}
 	if prog := progressRe.FindAllStringSubmatch(out, -1); len(prog) > 1 {
 		sum := 0.0

@@ -44,3 +44,26 @@ func TestPgbenchCommand(t *testing.T) {
 		t.Errorf("Command() = %q, want %q", got, want)
 	}
 }
+
+// TestFailedTransactions: what a warm-up fails on. A second that commits
+// nothing (seen on a slow machine: no tps line at all) is not a failure.
+func TestFailedTransactions(t *testing.T) {
+	nothing := "progress: 1.0 s, 0.0 tps, lat 0.000 ms stddev 0.000, 0 failed\nnumber of transactions actually processed: 0\nnumber of failed transactions: 0 (NaN%)\n"
+	for _, tt := range []struct {
+		name, out string
+		wantErr   bool
+	}{
+		{"a normal run", pgbenchOut, false},
+		{"nothing committed", nothing, false},
+		{"failures", "number of failed transactions: 3 (0.1%)\n", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := failedTransactions(tt.out); (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+		})
+	}
+	if _, err := ParseTPS(nothing); err == nil {
+		t.Error("ParseTPS of a run that committed nothing: no error; a measured run must have a figure")
+	}
+}
