@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/refresherd/refresherd/bench/internal/results"
+	"github.com/refresherd/refresherd/bench/internal/stats"
 )
 
 // statsFlushDelay is the documented bound on how late PostgreSQL 15
@@ -93,14 +94,25 @@ func tpsTarget(run *results.Run, mode string) string {
 	case !m.Available:
 		return head + ": not checked, " + mode + " is not available in this build."
 	}
-	var parts, missed, absent []string
+	var parts, missed, absent, straddle, tooFew []string
 	for _, c := range targetClients {
 		if !slices.Contains(w.Clients, c) {
 			absent = append(absent, fmt.Sprint(c))
 			continue
 		}
 		r := m.Ratio(c, base)
-		parts = append(parts, fmt.Sprintf("%.1f%% at %d clients (median TPS %.0f vs %.0f)", 100*r, c, m.Median[c], base.Median[c]))
+		interval := ""
+		// The verdict goes by the median; the interval says whether this
+		// run's rounds are enough to tell it from the target.
+		if lo, hi, ok := stats.MedianInterval(m.Ratios[c], 0.95); ok {
+			interval = fmt.Sprintf(", 95%% interval of the median %.1f-%.1f%%", 100*lo, 100*hi)
+			if lo < want && hi >= want {
+				straddle = append(straddle, fmt.Sprint(c))
+			}
+		} else {
+			tooFew = append(tooFew, fmt.Sprint(c))
+		}
+		parts = append(parts, fmt.Sprintf("%.1f%% at %d clients (median TPS %.0f vs %.0f%s)", 100*r, c, m.Median[c], base.Median[c], interval))
 		if !(r >= want) {
 			missed = append(missed, fmt.Sprint(c))
 		}
@@ -119,6 +131,12 @@ func tpsTarget(run *results.Run, mode string) string {
 	}
 	if len(absent) > 0 {
 		line += fmt.Sprintf(" (%s clients not measured)", strings.Join(absent, " and "))
+	}
+	if len(straddle) > 0 {
+		line += fmt.Sprintf("; not settled at %s clients: the 95%% interval of the median straddles the target (more rounds narrow it)", strings.Join(straddle, " and "))
+	}
+	if len(tooFew) > 0 {
+		line += fmt.Sprintf("; not settled at %s clients: too few rounds for a 95%% interval of the median (6 at least)", strings.Join(tooFew, " and "))
 	}
 	return line + "."
 }

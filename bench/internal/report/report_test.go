@@ -129,11 +129,11 @@ func TestDetectFindingsStateTargets(t *testing.T) {
 		"detection target p99 <= 50 ms for a lone change (issue 13) met for isolated commits.",
 		"Writer target for notify (issue 13: keep >= 90% of the no-trigger TPS at 8 and 32 clients): keeps 95.0% at 8 clients (median TPS 3800 vs 4000), 92.0% at 32 clients (median TPS 3700 vs 4000)",
 		"it MISSES the detection target p99 <= poll_interval + 100 ms (300 ms) at 50 commits/s (p99 500 ms)",
-		"keeps 86.0% at 8 clients (median TPS 3200 vs 4000), 84.0% at 32 clients (median TPS 3600 vs 4000) in the writer section (100k, median of 3 round(s) of 30s, each against the baseline run next to it): it MISSES the target at 32 clients.",
+		"keeps 86.0% at 8 clients (median TPS 3200 vs 4000), 84.0% at 32 clients (median TPS 3600 vs 4000) in the writer section (100k, median of 3 round(s) of 30s, each against the baseline run next to it): it MISSES the target at 32 clients; not settled at 8 and 32 clients: too few rounds for a 95% interval of the median (6 at least).",
 		"8 clients 3200 vs 4000 TPS (0.86x), 32 clients 3600 vs 4000 TPS (0.84x)",
 		"detection target p99 <= the documented bound, statistics flush delay 10 s + poll_interval (10.20 s) met for isolated commits, at 50 commits/s",
 		"Writer target for stats (issue 6: keep >= 98% of the no-trigger TPS at 8 and 32 clients): keeps 99.8% at 8 clients",
-		"target met.",
+		"target met; not settled at 8 and 32 clients: too few rounds",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("findings lack %q:\n%s", want, text)
@@ -141,6 +141,55 @@ func TestDetectFindingsStateTargets(t *testing.T) {
 	}
 	if n := strings.Count(text, "Writer target for"); n != 3 {
 		t.Errorf("%d writer target sentences in the findings, want 3:\n%s", n, text)
+	}
+}
+
+// TestWriterTargetInterval: with enough rounds the finding gives the 95%
+// interval of the median ratio and says when it straddles the target, so a
+// verdict within the noise is not read as settled.
+func TestWriterTargetInterval(t *testing.T) {
+	spread := func(center float64) []float64 { // 12 rounds, 0.01 apart around center
+		xs := make([]float64, 12)
+		for i := range xs {
+			xs[i] = center + (float64(i)-5.5)*0.01
+		}
+		return xs
+	}
+	for _, tc := range []struct {
+		name       string
+		at32       []float64
+		want, lack []string
+	}{
+		{"clearly above", spread(0.96),
+			[]string{"96.0% at 32 clients (median TPS 3700 vs 4000, 95% interval of the median 92.5-99.5%)", "target met."},
+			[]string{"not settled", "MISSES"}},
+		{"clearly below", spread(0.84),
+			[]string{"84.0% at 32 clients (median TPS 3700 vs 4000, 95% interval of the median 80.5-87.5%)", "it MISSES the target at 32 clients."},
+			[]string{"not settled"}},
+		{"straddles", spread(0.905),
+			[]string{"90.5% at 32 clients", "target met; not settled at 32 clients: the 95% interval of the median straddles the target"},
+			[]string{"MISSES"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			run := detectRun()
+			for i := range run.Writer.Modes {
+				if m := &run.Writer.Modes[i]; m.Mode == "notify" {
+					m.Ratios = map[int][]float64{8: spread(0.96), 32: tc.at32}
+					m.MedianRatio = map[int]float64{8: stats.Median(m.Ratios[8]), 32: stats.Median(tc.at32)}
+				}
+			}
+			line := tpsTarget(run, "notify")
+			for _, w := range tc.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("lacks %q:\n%s", w, line)
+				}
+			}
+			for _, l := range tc.lack {
+				if strings.Contains(line, l) {
+					t.Errorf("has %q:\n%s", l, line)
+				}
+			}
+		})
 	}
 }
 

@@ -87,3 +87,35 @@ func (s Summary) Scale(f float64) Summary {
 	s.Mean *= f
 	return s
 }
+
+// MedianInterval is a distribution-free confidence interval for the median
+// of the population xs was drawn from: the k-th smallest and k-th largest
+// values, with k the largest rank whose binomial coverage, 1 - 2 P(B < k)
+// for B ~ Binomial(n, 1/2), is at least level (e.g. 0.95). It assumes
+// nothing about the shape of the distribution, which for per-round TPS
+// ratios on a noisy machine is skewed and heavy-tailed. ok is false when the
+// sample is too small for that level (fewer than 6 values at 0.95).
+func MedianInterval(xs []float64, level float64) (lo, hi float64, ok bool) {
+	n := len(xs)
+	k, below := 0, 0.0 // below = P(B < k+1) as k grows
+	for i := 0; i < n; i++ {
+		below += binomialHalf(n, i)
+		if 1-2*below < level {
+			break
+		}
+		k = i + 1
+	}
+	if k == 0 {
+		return math.NaN(), math.NaN(), false
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[k-1], s[n-k], true
+}
+
+// binomialHalf is P(B = i) for B ~ Binomial(n, 1/2), through log-gamma so
+// that large n neither overflows nor underflows to a wrong sum.
+func binomialHalf(n, i int) float64 {
+	ln := func(x int) float64 { v, _ := math.Lgamma(float64(x) + 1); return v }
+	return math.Exp(ln(n) - ln(i) - ln(n-i) - float64(n)*math.Ln2)
+}

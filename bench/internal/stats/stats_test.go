@@ -35,3 +35,33 @@ func TestRatio(t *testing.T) {
 		}
 	}
 }
+
+// TestMedianInterval checks the ranks against the binomial tables: at 95%,
+// n = 6 gives the extremes (coverage 96.9%), n = 10 the 2nd smallest and
+// largest (97.9%; the 3rd would cover 89.1%), n = 40 the 14th and 27th
+// (96.2%; the 15th would cover 91.9%); n = 5 has no 95% interval (93.8%).
+func TestMedianInterval(t *testing.T) {
+	for _, tc := range []struct {
+		n      int
+		lo, hi float64 // 1-based ranks in 1..n
+		ok     bool
+	}{
+		{0, 0, 0, false},
+		{5, 0, 0, false},
+		{6, 1, 6, true},
+		{10, 2, 9, true},
+		{40, 14, 27, true},
+	} {
+		xs := make([]float64, tc.n)
+		for i := range xs {
+			xs[i] = float64(tc.n - i) // n .. 1: the value is the rank, input unsorted
+		}
+		lo, hi, ok := MedianInterval(xs, 0.95)
+		if ok != tc.ok || (ok && (lo != tc.lo || hi != tc.hi)) {
+			t.Errorf("n=%d: (%v, %v, %v), want (%v, %v, %v)", tc.n, lo, hi, ok, tc.lo, tc.hi, tc.ok)
+		}
+		if tc.n > 0 && xs[0] != float64(tc.n) {
+			t.Errorf("n=%d: input sorted", tc.n)
+		}
+	}
+}
