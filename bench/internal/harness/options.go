@@ -141,8 +141,8 @@ func (o *Options) ApplyProfile() error {
 	setI(&o.CronMinutes, 3)
 	setD(&o.CronMinWindow, 8*time.Second)
 	setD(&o.CronMaxWindow, 22*time.Second)
-	setD(&o.WriterDuration, pick(2*time.Second, 30*time.Second))
-	setI(&o.WriterRounds, pickInt(1, 3))
+	setD(&o.WriterDuration, pick(2*time.Second, 5*time.Second))
+	setI(&o.WriterRounds, pickInt(1, 20))
 	if len(o.WriterClients) == 0 {
 		o.WriterClients = []int{1, 8, 32}
 	}
