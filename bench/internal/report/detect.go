@@ -101,16 +101,16 @@ func tpsTarget(run *results.Run, mode string) string {
 			continue
 		}
 		r := m.Ratio(c, base)
-		interval := ""
-		// The verdict goes by the median; the interval says whether this
-		// run's rounds are enough to tell it from the target.
-		if lo, hi, ok := stats.MedianInterval(m.Ratios[c], 0.95); ok {
-			interval = fmt.Sprintf(", 95%% interval of the median %.1f-%.1f%%", 100*lo, 100*hi)
-			if lo < want && hi >= want {
-				straddle = append(straddle, fmt.Sprint(c))
-			}
-		} else {
+		iv := ratioInterval(m.Ratios[c], want)
+		switch {
+		case iv.tooFew:
 			tooFew = append(tooFew, fmt.Sprint(c))
+		case iv.straddles:
+			straddle = append(straddle, fmt.Sprint(c))
+		}
+		interval := ""
+		if !iv.tooFew {
+			interval = fmt.Sprintf(", 95%% interval of the median %.1f-%.1f%%", 100*iv.lo, 100*iv.hi)
 		}
 		parts = append(parts, fmt.Sprintf("%.1f%% at %d clients (median TPS %.0f vs %.0f%s)", 100*r, c, m.Median[c], base.Median[c], interval))
 		if !(r >= want) {
@@ -139,6 +139,23 @@ func tpsTarget(run *results.Run, mode string) string {
 		line += fmt.Sprintf("; not settled at %s clients: too few rounds for a 95%% interval of the median (6 at least)", strings.Join(tooFew, " and "))
 	}
 	return line + "."
+}
+
+// interval is the 95% interval of the median of per-round ratios against a
+// target ratio: the verdict goes by the median, the interval says whether
+// the run's rounds are enough to tell it from the target.
+type interval struct {
+	lo, hi    float64
+	tooFew    bool // fewer rounds than a 95% interval needs (6)
+	straddles bool // lo < want <= hi
+}
+
+func ratioInterval(ratios []float64, want float64) interval {
+	lo, hi, ok := stats.MedianInterval(ratios, 0.95)
+	if !ok {
+		return interval{tooFew: true}
+	}
+	return interval{lo: lo, hi: hi, straddles: lo < want && hi >= want}
 }
 
 // detectionCheck checks a mode's detection rows against its target, as a

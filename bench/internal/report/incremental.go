@@ -90,7 +90,7 @@ func incTargets(inc *results.Incremental) []string {
 			continue
 		}
 		verdict := "MET"
-		var parts []string
+		var parts, unsettled []string
 		for _, c := range []int{8, 32} {
 			if !slices.Contains(w.Clients, c) {
 				verdict = "NOT MEASURED"
@@ -101,12 +101,26 @@ func incTargets(inc *results.Incremental) []string {
 			if len(capture.Ratios[c]) > 1 {
 				part += " (rounds: " + joinRatios(capture.Ratios[c]) + ")"
 			}
+			iv := ratioInterval(capture.Ratios[c], incWriterRatio)
+			if !iv.tooFew {
+				part += fmt.Sprintf(" (95%% interval of the median %.2fx-%.2fx)", iv.lo, iv.hi)
+			}
+			switch {
+			case iv.tooFew:
+				unsettled = append(unsettled, fmt.Sprintf("%d clients (too few rounds for a 95%% interval of the median: 6 at least)", c))
+			case iv.straddles:
+				unsettled = append(unsettled, fmt.Sprintf("%d clients (the 95%% interval of the median straddles the target)", c))
+			}
 			parts = append(parts, part)
 			if (math.IsNaN(rt) || rt < incWriterRatio) && verdict == "MET" {
 				verdict = "MISSED"
 			}
 		}
-		out = append(out, fmt.Sprintf("%s: %s (%s; median of per-round ratios).", head, verdict, strings.Join(parts, ", ")))
+		line := fmt.Sprintf("%s: %s (%s; median of per-round ratios)", head, verdict, strings.Join(parts, ", "))
+		if len(unsettled) > 0 {
+			line += "; not settled at " + strings.Join(unsettled, " and ")
+		}
+		out = append(out, line+".")
 	}
 	var nv, bad int
 	var badWhere []string
