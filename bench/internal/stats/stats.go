@@ -94,9 +94,11 @@ func (s Summary) Scale(f float64) Summary {
 // for B ~ Binomial(n, 1/2), is at least level (e.g. 0.95). It assumes
 // nothing about the shape of the distribution, which for per-round TPS
 // ratios on a noisy machine is skewed and heavy-tailed. ok is false when the
-// sample is too small for that level (fewer than 6 values at 0.95).
+// sample is too small for that level (fewer than 6 values at 0.95). NaN
+// values (a round without a figure) are left out.
 func MedianInterval(xs []float64, level float64) (lo, hi float64, ok bool) {
-	n := len(xs)
+	s := slices.DeleteFunc(slices.Clone(xs), math.IsNaN)
+	n := len(s)
 	k, below := 0, 0.0 // below = P(B < k+1) as k grows
 	for i := 0; i < n; i++ {
 		below += binomialHalf(n, i)
@@ -108,7 +110,6 @@ func MedianInterval(xs []float64, level float64) (lo, hi float64, ok bool) {
 	if k == 0 {
 		return math.NaN(), math.NaN(), false
 	}
-	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[k-1], s[n-k], true
 }

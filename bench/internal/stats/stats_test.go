@@ -64,4 +64,9 @@ func TestMedianInterval(t *testing.T) {
 			t.Errorf("n=%d: input sorted", tc.n)
 		}
 	}
+	// NaNs are left out: 6 values and 2 NaNs give the 6 values' extremes.
+	nan := math.NaN()
+	if lo, hi, ok := MedianInterval([]float64{nan, 3, 1, 6, nan, 2, 5, 4}, 0.95); !ok || lo != 1 || hi != 6 {
+		t.Errorf("with NaNs: (%v, %v, %v), want (1, 6, true)", lo, hi, ok)
+	}
 }
