@@ -122,7 +122,7 @@ func (p Pgbench) Run(ctx context.Context, s Server) (float64, error) {
 	}
 	tps, err := ParseTPS(out)
 	if err != nil {
-		return 0, fmt.Errorf("pgbench -c %d: %w\n%s", p.Clients, err, tail(out, 1500))
+		return 0, p.fail(err, out)
 	}
 	return tps, nil
 }
@@ -137,7 +137,7 @@ func (p Pgbench) Warm(ctx context.Context, s Server) error {
 		return err
 	}
 	if err := failedTransactions(out); err != nil {
-		return fmt.Errorf("pgbench -c %d: %w\n%s", p.Clients, err, tail(out, 1500))
+		return p.fail(err, out)
 	}
 	return nil
 }
@@ -149,9 +149,14 @@ func (p Pgbench) exec(ctx context.Context, s Server) (string, error) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("pgbench -c %d: %w\n%s", p.Clients, err, tail(out.String(), 1500))
+		return "", p.fail(err, out.String())
 	}
 	return out.String(), nil
+}
+
+// fail wraps a run's error with the end of its output.
+func (p Pgbench) fail(err error, out string) error {
+	return fmt.Errorf("pgbench -c %d: %w\n%s", p.Clients, err, tail(out, 1500))
 }
 
 // failedTransactions says how many transactions pgbench reported failed.

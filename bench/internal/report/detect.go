@@ -133,10 +133,10 @@ func tpsTarget(run *results.Run, mode string) string {
 		line += fmt.Sprintf(" (%s clients not measured)", strings.Join(absent, " and "))
 	}
 	if len(straddle) > 0 {
-		line += fmt.Sprintf("; not settled at %s clients: the 95%% interval of the median straddles the target (more rounds narrow it)", strings.Join(straddle, " and "))
+		line += fmt.Sprintf("; not settled at %s clients: %s", strings.Join(straddle, " and "), straddlesWhy)
 	}
 	if len(tooFew) > 0 {
-		line += fmt.Sprintf("; not settled at %s clients: too few rounds for a 95%% interval of the median (6 at least)", strings.Join(tooFew, " and "))
+		line += fmt.Sprintf("; not settled at %s clients: %s", strings.Join(tooFew, " and "), tooFewWhy)
 	}
 	return line + "."
 }
@@ -149,6 +149,12 @@ type interval struct {
 	tooFew    bool // fewer rounds than a 95% interval needs (6)
 	straddles bool // lo < want <= hi
 }
+
+// Why a writer target's verdict is not settled, in the findings.
+const (
+	straddlesWhy = "the 95% interval of the median straddles the target (more rounds narrow it)"
+	tooFewWhy    = "too few rounds for a 95% interval of the median (6 at least)"
+)
 
 func ratioInterval(ratios []float64, want float64) interval {
 	lo, hi, ok := stats.MedianInterval(ratios, 0.95)

@@ -107,9 +107,9 @@ func incTargets(inc *results.Incremental) []string {
 			}
 			switch {
 			case iv.tooFew:
-				unsettled = append(unsettled, fmt.Sprintf("%d clients (too few rounds for a 95%% interval of the median: 6 at least)", c))
+				unsettled = append(unsettled, fmt.Sprintf("%d clients (%s)", c, tooFewWhy))
 			case iv.straddles:
-				unsettled = append(unsettled, fmt.Sprintf("%d clients (the 95%% interval of the median straddles the target)", c))
+				unsettled = append(unsettled, fmt.Sprintf("%d clients (%s)", c, straddlesWhy))
 			}
 			parts = append(parts, part)
 			if (math.IsNaN(rt) || rt < incWriterRatio) && verdict == "MET" {
