@@ -713,9 +713,13 @@ func (s *sizeEnv) idleSection(ctx context.Context, d time.Duration, during func(
 	return nil
 }
 
-// writerScript is the pgbench script: one single-row autocommit INSERT of a
-// charge as the app writes it (20% without a job), nothing else.
-func (s *sizeEnv) writerScript() string {
+// writerScript is the pgbench script of the writer test at this size.
+func (s *sizeEnv) writerScript() string { return WriterScript(s.size) }
+
+// WriterScript is the writer test's pgbench script for data of size sz: one
+// single-row autocommit INSERT of a charge as the app writes it (20%
+// without a job), nothing else.
+func WriterScript(sz demodata.Size) string {
 	return fmt.Sprintf(`\set uid random(1, %d)
 \set job random(1, %d)
 \set m random(0, %d)
@@ -725,7 +729,7 @@ INSERT INTO app_charge (type, amount, month, user_id, job_id) VALUES ('hw', 12.3
 \else
 INSERT INTO app_charge (type, amount, month, user_id, job_id) VALUES ('sw', 56.78, (DATE '%s' - make_interval(months => :m))::date, :uid, :job);
 \endif
-`, s.size.Users, s.size.Jobs, s.size.Months-1, demodata.LastMonth, demodata.LastMonth)
+`, sz.Users, sz.Jobs, sz.Months-1, demodata.LastMonth, demodata.LastMonth)
 }
 
 // writerSteps measure insert throughput per change-detection mode. Each

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"math"
+	"testing"
+)
+
+func TestSummarize(t *testing.T) {
+	var samples []sample
+	add := func(round, clients int, v string, tps float64) {
+		samples = append(samples, sample{round: round, clients: clients, variant: v, tps: tps})
+	}
+	// Ten rounds at 32 clients: the trigger at 0.9x of none, except one
+	// round where none's run is missing; at 8 clients one round only.
+	for r := 0; r < 10; r++ {
+		if r != 3 {
+			add(r, 32, none, 1000+float64(r)*10)
+		}
+		add(r, 32, "t", 0.9*(1000+float64(r)*10))
+	}
+	add(0, 8, none, 500)
+	add(0, 8, "t", 250)
+
+	tests := []struct {
+		name      string
+		clients   int
+		against   string
+		wantRatio float64
+		wantN     int
+		wantOK    bool
+	}{
+		{"ratios within each round, a round without baseline left out", 32, none, 0.9, 9, true},
+		{"one round has no interval", 8, none, 0.5, 1, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := summarize(samples, tc.clients, []string{none, "t"}, tc.against)
+			if len(got) != 1 || got[0].variant != "t" {
+				t.Fatalf("summarize = %+v, want one row for t", got)
+			}
+			s := got[0]
+			if math.Abs(s.ratio-tc.wantRatio) > 1e-9 || s.rounds != tc.wantN || s.ok != tc.wantOK {
+				t.Errorf("ratio %v rounds %d ok %v, want %v %d %v", s.ratio, s.rounds, s.ok, tc.wantRatio, tc.wantN, tc.wantOK)
+			}
+			if s.ok && (s.lo > s.ratio || s.hi < s.ratio) {
+				t.Errorf("interval %v-%v does not hold the median %v", s.lo, s.hi, s.ratio)
+			}
+		})
+	}
+}
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		args    []string
+		wantErr bool
+	}{
+		{nil, false},
+		{[]string{"-variants", "refresherd_notify"}, true},
+		{[]string{"-variants", "none"}, true},
+		{[]string{"-clients", "8,x"}, true},
+		{[]string{"-clients", "8, 32", "-rounds", "3"}, false},
+		{[]string{"-duration", "100ms"}, true},
+	}
+	for _, tc := range tests {
+		_, err := parse(tc.args)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("parse(%q) error %v, want error %v", tc.args, err, tc.wantErr)
+		}
+	}
+}

@@ -1,0 +1,56 @@
+-- Statement-trigger variants on public.app_charge for triggerab, each
+-- created disabled; triggerab enables one at a time. They are the shapes
+-- measured in docs/change-detection.md ("What writers pay"): the shipped
+-- notify trigger and what it would be without each of its parts.
+CREATE UNLOGGED TABLE refresherd.ab_changelog_oid (
+    source     regclass NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- No body at all: the floor of any PL/pgSQL statement trigger.
+CREATE FUNCTION refresherd.ab_empty() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN NULL;
+END $$;
+CREATE FUNCTION refresherd.ab_empty_sd() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    RETURN NULL;
+END $$;
+-- The doorbell without the change log: what a notify trigger whose
+-- lossless fallback is off the writer's path would cost.
+CREATE FUNCTION refresherd.ab_doorbell() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    IF pg_catalog.pg_sequence_last_value('refresherd.doorbell'::regclass) IS NULL THEN
+        PERFORM pg_catalog.nextval('refresherd.doorbell'::regclass);
+        PERFORM pg_catalog.pg_notify('refresherd_changes', '{"op":"doorbell"}');
+    END IF;
+    RETURN NULL;
+END $$;
+-- The shipped function with a narrower log row (the table's OID).
+CREATE FUNCTION refresherd.ab_notify_oid() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    INSERT INTO refresherd.ab_changelog_oid (source) VALUES (TG_RELID);
+    IF pg_catalog.pg_sequence_last_value('refresherd.doorbell'::regclass) IS NULL THEN
+        PERFORM pg_catalog.nextval('refresherd.doorbell'::regclass);
+        PERFORM pg_catalog.pg_notify('refresherd_changes', '{"op":"doorbell"}');
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- The shipped trigger, as the daemon creates it (refresh/setup.go).
+CREATE TRIGGER refresherd_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
+    FOR EACH STATEMENT EXECUTE FUNCTION refresherd.notify_change();
+CREATE TRIGGER ab_empty AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
+    FOR EACH STATEMENT EXECUTE FUNCTION refresherd.ab_empty();
+CREATE TRIGGER ab_empty_sd AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
+    FOR EACH STATEMENT EXECUTE FUNCTION refresherd.ab_empty_sd();
+CREATE TRIGGER ab_doorbell AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
+    FOR EACH STATEMENT EXECUTE FUNCTION refresherd.ab_doorbell();
+-- BEFORE STATEMENT: the same effect (the row commits or rolls back with
+-- the statement) without the after-trigger event queue.
+CREATE TRIGGER ab_before BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
+    FOR EACH STATEMENT EXECUTE FUNCTION refresherd.notify_change();
+CREATE TRIGGER ab_oid_before BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
+    FOR EACH STATEMENT EXECUTE FUNCTION refresherd.ab_notify_oid();
+
+ALTER TABLE public.app_charge DISABLE TRIGGER USER;
