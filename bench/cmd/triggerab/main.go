@@ -72,6 +72,7 @@ type options struct {
 	variants []string
 	sql      string
 	raw      string
+	from     []string
 }
 
 func parse(args []string) (options, error) {
@@ -83,10 +84,16 @@ func parse(args []string) (options, error) {
 	variants := fs.String("variants", "none,refresherd_notify,ab_empty,ab_doorbell", "none (no trigger) and the triggers on public.app_charge to enable one at a time")
 	sqlFile := fs.String("sql", "", "SQL creating the variants, disabled (default: the embedded variants.sql)")
 	raw := fs.String("raw", "", "also write every run as round, clients, variant, TPS (tab-separated) to this file")
+	from := fs.String("from", "", "run nothing: pool these -raw files (comma-separated; each file's rounds are rounds of their own) and print their summary for -variants and -clients")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
 	o := options{charges: *charges, rounds: *rounds, duration: *duration, sql: variantsSQL, raw: *raw}
+	for _, f := range strings.Split(*from, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			o.from = append(o.from, f)
+		}
+	}
 	for _, c := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(c))
 		if err != nil || n < 1 {
@@ -119,6 +126,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	o, err := parse(args)
 	if err != nil {
 		return err
+	}
+	if len(o.from) > 0 {
+		samples, err := readRaw(o.from)
+		if err != nil {
+			return err
+		}
+		report(out, samples, o, fmt.Sprintf("pooled from %s", strings.Join(o.from, ", ")))
+		return nil
 	}
 	cluster, err := pgcluster.Start(ctx, pgcluster.Options{FsyncOn: true, Logf: log.Printf})
 	if err != nil {
@@ -190,8 +205,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 	}
-	fmt.Fprintf(out, "%d rounds of %s, %d charges, fsync on; median of per-round TPS ratios, 95%% interval of that median\n",
-		o.rounds, o.duration, o.charges)
+	report(out, samples, o, fmt.Sprintf("%d rounds of %s, %d charges, fsync on", o.rounds, o.duration, o.charges))
+	return nil
+}
+
+// report prints, per client count, each variant against no trigger and
+// against the shipped trigger.
+func report(out io.Writer, samples []sample, o options, header string) {
+	fmt.Fprintf(out, "%s; median of per-round TPS ratios, 95%% interval of that median\n", header)
 	for _, c := range o.clients {
 		against := []string{none}
 		if slices.Contains(o.variants, shipped) {
@@ -208,7 +229,6 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 	}
-	return nil
 }
 
 // setUp loads the demo data and creates refresherd's schema and the
@@ -276,7 +296,7 @@ type summary struct {
 	rounds           int
 }
 
-// summarize gives, for each variant but against, its median TPS at clients
+// summarize gives, for each variant but against that ran, its median TPS at clients
 // and the median of its per-round ratios to against's run of the same
 // round, with the 95% interval of that median. A round where either ran
 // no measurement is left out of the ratios.
@@ -303,6 +323,9 @@ func summarize(samples []sample, clients int, variants []string, against string)
 				ratios = append(ratios, t/b)
 			}
 		}
+		if len(all) == 0 {
+			continue // not in these runs
+		}
 		s := summary{variant: v, medianTPS: stats.Median(all), ratio: stats.Median(ratios), rounds: len(ratios)}
 		s.lo, s.hi, s.ok = stats.MedianInterval(ratios, 0.95)
 		out = append(out, s)
@@ -319,4 +342,36 @@ func writeRaw(path string, samples []sample) error {
 		return fmt.Errorf("triggerab: write %s: %w", path, err)
 	}
 	return nil
+}
+
+// readRaw reads -raw files; the rounds of the i-th file become rounds
+// i*roundsPerFile+r, so that pooled files never pair runs of two files.
+func readRaw(paths []string) ([]sample, error) {
+	const roundsPerFile = 1000000
+	var out []sample
+	for i, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("triggerab: -from: %w", err)
+		}
+		for n, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			f := strings.Split(line, "\t")
+			var s sample
+			var err error
+			if len(f) == 4 {
+				s.variant = f[2]
+				if s.round, err = strconv.Atoi(f[0]); err == nil {
+					if s.clients, err = strconv.Atoi(f[1]); err == nil {
+						s.tps, err = strconv.ParseFloat(f[3], 64)
+					}
+				}
+			}
+			if len(f) != 4 || err != nil || s.round < 0 || s.round >= roundsPerFile {
+				return nil, fmt.Errorf("triggerab: -from: %s line %d: expected round, clients, variant, TPS separated by tabs, got %q", p, n+1, line)
+			}
+			s.round += i * roundsPerFile
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }

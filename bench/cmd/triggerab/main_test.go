@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"os"
 	"testing"
 )
 
@@ -66,5 +67,33 @@ func TestParse(t *testing.T) {
 		if (err != nil) != tc.wantErr {
 			t.Errorf("parse(%q) error %v, want error %v", tc.args, err, tc.wantErr)
 		}
+	}
+}
+
+func TestRawRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	a, b := dir+"/a.tsv", dir+"/b.tsv"
+	// Two files with the same round numbers: pooled, a run of one file is
+	// never paired with a run of the other.
+	if err := writeRaw(a, []sample{{0, 32, none, 1000}, {0, 32, "t", 900}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeRaw(b, []sample{{0, 32, none, 2000}, {0, 32, "t", 1000}}); err != nil {
+		t.Fatal(err)
+	}
+	samples, err := readRaw([]string{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := summarize(samples, 32, []string{none, "t"}, none)
+	if len(got) != 1 || got[0].rounds != 2 || math.Abs(got[0].ratio-0.7) > 1e-9 {
+		t.Errorf("pooled summary %+v, want 2 rounds with median ratio (0.9+0.5)/2", got)
+	}
+	bad := dir + "/bad.tsv"
+	if err := os.WriteFile(bad, []byte("0 32 none 1000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readRaw([]string{bad}); err == nil {
+		t.Error("readRaw accepted a line without tabs")
 	}
 }
