@@ -73,6 +73,7 @@ type options struct {
 	sql      string
 	raw      string
 	from     []string
+	armEvery time.Duration
 }
 
 func parse(args []string) (options, error) {
@@ -84,11 +85,12 @@ func parse(args []string) (options, error) {
 	variants := fs.String("variants", "none,refresherd_notify,ab_empty,ab_doorbell", "none (no trigger) and the triggers on public.app_charge to enable one at a time")
 	sqlFile := fs.String("sql", "", "SQL creating the variants, disabled (default: the embedded variants.sql)")
 	raw := fs.String("raw", "", "also write every run as round, clients, variant, TPS (tab-separated) to this file")
+	armEvery := fs.Duration("arm-every", 0, "during every run, do a daemon's work at this interval (the daemon's ring gap is 50ms): re-arm every doorbell with a snapshot read, drain the change log; 0: no daemon work")
 	from := fs.String("from", "", "run nothing: pool these -raw files (comma-separated; each file's rounds are rounds of their own) and print their summary for -variants and -clients")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
-	o := options{charges: *charges, rounds: *rounds, duration: *duration, sql: variantsSQL, raw: *raw}
+	o := options{charges: *charges, rounds: *rounds, duration: *duration, sql: variantsSQL, raw: *raw, armEvery: *armEvery}
 	for _, f := range strings.Split(*from, ",") {
 		if f = strings.TrimSpace(f); f != "" {
 			o.from = append(o.from, f)
@@ -181,7 +183,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 				if err := enableAlone(ctx, pool, v); err != nil {
 					return err
 				}
-				tps, err := pgtools.Pgbench{DB: db, Script: script, Clients: c, Duration: o.duration}.Run(ctx, srv)
+				tps, err := runWithDaemonWork(ctx, pool, o.armEvery, func(ctx context.Context) (float64, error) {
+					return pgtools.Pgbench{DB: db, Script: script, Clients: c, Duration: o.duration}.Run(ctx, srv)
+				})
 				if err != nil {
 					return fmt.Errorf("triggerab: %s: %w", v, err)
 				}
@@ -205,7 +209,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 	}
-	report(out, samples, o, fmt.Sprintf("%d rounds of %s, %d charges, fsync on", o.rounds, o.duration, o.charges))
+	header := fmt.Sprintf("%d rounds of %s, %d charges, fsync on", o.rounds, o.duration, o.charges)
+	if o.armEvery > 0 {
+		header += fmt.Sprintf(", daemon work every %s", o.armEvery)
+	}
+	report(out, samples, o, header)
 	return nil
 }
 
@@ -374,4 +382,73 @@ func readRaw(paths []string) ([]sample, error) {
 		}
 	}
 	return out, nil
+}
+
+// daemonWorkSQL is what a notify daemon does per ring, for every variant
+// alike (each statement only has work when that variant's objects were
+// touched): the shipped design's re-arm and drain of the change log, and
+// the doorbell-only design's re-arm of each doorbell with a snapshot read
+// (docs/change-detection.md, "Next"). A real daemon re-arms when a ring
+// arrives, which under sustained writes is right after each re-arm; a fixed
+// interval is that, without the listener.
+var daemonWorkSQL = []string{
+	`SELECT pg_catalog.setval(r.seq, 1, false)
+		FROM unnest(ARRAY['refresherd.doorbell', 'refresherd.ab_doorbell_app_charge']) AS s(name),
+			LATERAL (SELECT to_regclass(s.name) AS seq) r
+		WHERE r.seq IS NOT NULL AND pg_catalog.pg_sequence_last_value(r.seq) IS NOT NULL`,
+	`SELECT pg_catalog.pg_current_snapshot()`,
+	`WITH drained AS (DELETE FROM refresherd.changelog RETURNING source_schema, source_table, changed_at)
+		SELECT source_schema, source_table, min(changed_at), count(*) FROM drained GROUP BY 1, 2`,
+}
+
+// runWithDaemonWork runs measure while, every interval (none if 0), one
+// connection that LISTENs on the notify channel does daemonWorkSQL.
+func runWithDaemonWork(ctx context.Context, pool *pgxpool.Pool, every time.Duration, measure func(context.Context) (float64, error)) (float64, error) {
+	if every <= 0 {
+		return measure(ctx)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("daemon work: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{dbsql.NotifyChannel}.Sanitize()); err != nil {
+		return 0, fmt.Errorf("daemon work: %w", err)
+	}
+	// Stopped by a channel, not by cancelling its context: a query
+	// cancelled mid-flight would close the connection.
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			case <-ctx.Done():
+				done <- ctx.Err()
+				return
+			case <-t.C:
+			}
+			for _, q := range daemonWorkSQL {
+				if _, err := conn.Exec(ctx, q); err != nil {
+					done <- fmt.Errorf("daemon work: %w", err)
+					return
+				}
+			}
+		}
+	}()
+	tps, err := measure(ctx)
+	close(stop)
+	werr := <-done
+	// Leave the connection as found: not listening, notifications read.
+	if _, uerr := conn.Exec(ctx, "UNLISTEN *"); uerr != nil && werr == nil {
+		werr = fmt.Errorf("daemon work: %w", uerr)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return tps, werr
 }
