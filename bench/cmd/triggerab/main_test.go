@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -95,5 +96,40 @@ func TestRawRoundTrip(t *testing.T) {
 	}
 	if _, err := readRaw([]string{bad}); err == nil {
 		t.Error("readRaw accepted a line without tabs")
+	}
+}
+
+// TestSmoke runs the whole command on a small data set: its own cluster,
+// every variant of variants.sql, the daemon's work beside the writers, the
+// raw file. It takes about half a minute, so it runs with the benchmark's
+// smoke test (REFRESHERD_BENCH_SMOKE=1, as the test command sets).
+func TestSmoke(t *testing.T) {
+	if os.Getenv("REFRESHERD_BENCH_SMOKE") != "1" {
+		t.Skip("set REFRESHERD_BENCH_SMOKE=1 to run triggerab on a small data set (about half a minute)")
+	}
+	variants := []string{none, shipped, "ab_empty", "ab_empty_sd", "ab_doorbell", "ab_doorbell_arg", "ab_before", "ab_oid_before"}
+	raw := t.TempDir() + "/runs.tsv"
+	var out strings.Builder
+	err := run(t.Context(), []string{"-charges", "5000", "-rounds", "2", "-duration", "1s", "-clients", "2",
+		"-arm-every", "20ms", "-variants", strings.Join(variants, ","), "-raw", raw}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	samples, err := readRaw([]string{raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(samples) != 2*len(variants) {
+		t.Errorf("raw file has %d runs, want %d", len(samples), 2*len(variants))
+	}
+	for _, s := range samples {
+		if !(s.tps > 0) {
+			t.Errorf("run %+v measured no throughput", s)
+		}
+	}
+	for _, v := range variants[1:] {
+		if !strings.Contains(out.String(), "| "+v+" | ") {
+			t.Errorf("summary has no row for %s:\n%s", v, out.String())
+		}
 	}
 }
