@@ -29,13 +29,13 @@ const (
 	changelogVacuumRows = 100000
 )
 
-// changelogPollSQL drains the change log in one statement and returns, per
+// ChangelogPollSQL drains the change log in one statement and returns, per
 // source table, the oldest change time, plus whether the detector's sentinel
 // ($1) is still there. A row committed after the statement's snapshot is not
 // seen, so not deleted: the next poll gets it. A concurrent drainer (the
 // other mode's detector, an outgoing leader) skips the rows this one
 // deleted, and the other way round.
-const changelogPollSQL = `WITH drained AS (
+const ChangelogPollSQL = `WITH drained AS (
 	DELETE FROM refresherd.changelog
 	RETURNING source_schema, source_table, changed_at
 ), per_table AS (
@@ -49,9 +49,9 @@ SELECT EXISTS (SELECT FROM refresherd.detector_sentinel WHERE detector = $1),
 	coalesce(sum(n), 0)::int8
 FROM per_table`
 
-// armDoorbellSQL arms the notify trigger's doorbell (see sql/schema.sql),
+// ArmDoorbellSQL arms the notify trigger's doorbell (see sql/schema.sql),
 // unless it is armed already.
-const armDoorbellSQL = `SELECT pg_catalog.setval('refresherd.doorbell', 1, false) FROM refresherd.doorbell WHERE is_called`
+const ArmDoorbellSQL = `SELECT pg_catalog.setval('refresherd.doorbell', 1, false) FROM refresherd.doorbell WHERE is_called`
 
 // logModes are the change detection modes whose triggers append to the one
 // change log, refresherd.changelog: notify's (which also rings the doorbell)
@@ -148,11 +148,11 @@ func (d *changelogDetector) poll(ctx context.Context, r pollRound, sink changeSi
 	if d.arm {
 		// One round trip; the drain's snapshot is taken after the arm.
 		b := &pgx.Batch{}
-		b.Queue(armDoorbellSQL)
-		b.Queue(changelogPollSQL, d.detection).QueryRow(scan)
+		b.Queue(ArmDoorbellSQL)
+		b.Queue(ChangelogPollSQL, d.detection).QueryRow(scan)
 		err = d.pool.SendBatch(ctx, b).Close()
 	} else {
-		err = scan(d.pool.QueryRow(ctx, changelogPollSQL, d.detection))
+		err = scan(d.pool.QueryRow(ctx, ChangelogPollSQL, d.detection))
 	}
 	if err != nil {
 		return pollResult{}, fmt.Errorf("poll change log: %w", err)

@@ -21,6 +21,7 @@ package main
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -40,6 +41,7 @@ import (
 	"github.com/refresherd/refresherd/bench/internal/harness"
 	"github.com/refresherd/refresherd/bench/internal/pgtools"
 	"github.com/refresherd/refresherd/bench/internal/stats"
+	"github.com/refresherd/refresherd/config"
 	"github.com/refresherd/refresherd/internal/demodata"
 	"github.com/refresherd/refresherd/internal/pgcluster"
 	"github.com/refresherd/refresherd/refresh"
@@ -352,10 +354,32 @@ func writeRaw(path string, samples []sample) error {
 	return nil
 }
 
+// roundsPerFile separates the rounds of pooled -raw files.
+const roundsPerFile = 1000000
+
+// parseRawLine reads one line that writeRaw wrote.
+func parseRawLine(line string) (sample, error) {
+	f := strings.Split(line, "\t")
+	if len(f) != 4 {
+		return sample{}, fmt.Errorf("%d fields", len(f))
+	}
+	s := sample{variant: f[2]}
+	var errs [3]error
+	s.round, errs[0] = strconv.Atoi(f[0])
+	s.clients, errs[1] = strconv.Atoi(f[1])
+	s.tps, errs[2] = strconv.ParseFloat(f[3], 64)
+	if err := errors.Join(errs[:]...); err != nil {
+		return sample{}, err
+	}
+	if s.round < 0 || s.round >= roundsPerFile {
+		return sample{}, fmt.Errorf("round %d out of range", s.round)
+	}
+	return s, nil
+}
+
 // readRaw reads -raw files; the rounds of the i-th file become rounds
 // i*roundsPerFile+r, so that pooled files never pair runs of two files.
 func readRaw(paths []string) ([]sample, error) {
-	const roundsPerFile = 1000000
 	var out []sample
 	for i, p := range paths {
 		b, err := os.ReadFile(p)
@@ -363,19 +387,9 @@ func readRaw(paths []string) ([]sample, error) {
 			return nil, fmt.Errorf("triggerab: -from: %w", err)
 		}
 		for n, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-			f := strings.Split(line, "\t")
-			var s sample
-			var err error
-			if len(f) == 4 {
-				s.variant = f[2]
-				if s.round, err = strconv.Atoi(f[0]); err == nil {
-					if s.clients, err = strconv.Atoi(f[1]); err == nil {
-						s.tps, err = strconv.ParseFloat(f[3], 64)
-					}
-				}
-			}
-			if len(f) != 4 || err != nil || s.round < 0 || s.round >= roundsPerFile {
-				return nil, fmt.Errorf("triggerab: -from: %s line %d: expected round, clients, variant, TPS separated by tabs, got %q", p, n+1, line)
+			s, err := parseRawLine(line)
+			if err != nil {
+				return nil, fmt.Errorf("triggerab: -from: %s line %d: expected round, clients, variant, TPS separated by tabs, got %q (%v)", p, n+1, line, err)
 			}
 			s.round += i * roundsPerFile
 			out = append(out, s)
@@ -384,25 +398,28 @@ func readRaw(paths []string) ([]sample, error) {
 	return out, nil
 }
 
-// daemonWorkSQL is what a notify daemon does per ring, for every variant
+// daemonWork is what a notify daemon does per ring, for every variant
 // alike (each statement only has work when that variant's objects were
-// touched): the shipped design's re-arm and drain of the change log, and
-// the doorbell-only design's re-arm of each doorbell with a snapshot read
-// (docs/change-detection.md, "Next"). A real daemon re-arms when a ring
+// touched): the shipped daemon's re-arm and drain, with its own SQL, and the
+// doorbell-only design's re-arm of the per-table doorbell with a snapshot
+// read (docs/change-detection.md, "Next"). A real daemon re-arms when a ring
 // arrives, which under sustained writes is right after each re-arm; a fixed
 // interval is that, without the listener.
-var daemonWorkSQL = []string{
-	`SELECT pg_catalog.setval(r.seq, 1, false)
-		FROM unnest(ARRAY['refresherd.doorbell', 'refresherd.ab_doorbell_app_charge']) AS s(name),
-			LATERAL (SELECT to_regclass(s.name) AS seq) r
-		WHERE r.seq IS NOT NULL AND pg_catalog.pg_sequence_last_value(r.seq) IS NOT NULL`,
-	`SELECT pg_catalog.pg_current_snapshot()`,
-	`WITH drained AS (DELETE FROM refresherd.changelog RETURNING source_schema, source_table, changed_at)
-		SELECT source_schema, source_table, min(changed_at), count(*) FROM drained GROUP BY 1, 2`,
+func daemonWork(ctx context.Context, conn *pgxpool.Conn) error {
+	b := &pgx.Batch{}
+	b.Queue(refresh.ArmDoorbellSQL)
+	b.Queue(refresh.ChangelogPollSQL, config.DetectNotify)
+	b.Queue(`SELECT pg_catalog.setval(seq, 1, false) FROM to_regclass('refresherd.ab_doorbell_app_charge') AS seq
+		WHERE seq IS NOT NULL AND pg_catalog.pg_sequence_last_value(seq) IS NOT NULL`)
+	b.Queue(`SELECT pg_catalog.pg_current_snapshot()`)
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("daemon work: %w", err)
+	}
+	return nil
 }
 
 // runWithDaemonWork runs measure while, every interval (none if 0), one
-// connection that LISTENs on the notify channel does daemonWorkSQL.
+// connection that LISTENs on the notify channel does daemonWork.
 func runWithDaemonWork(ctx context.Context, pool *pgxpool.Pool, every time.Duration, measure func(context.Context) (float64, error)) (float64, error) {
 	if every <= 0 {
 		return measure(ctx)
@@ -432,11 +449,9 @@ func runWithDaemonWork(ctx context.Context, pool *pgxpool.Pool, every time.Durat
 				return
 			case <-t.C:
 			}
-			for _, q := range daemonWorkSQL {
-				if _, err := conn.Exec(ctx, q); err != nil {
-					done <- fmt.Errorf("daemon work: %w", err)
-					return
-				}
+			if err := daemonWork(ctx, conn); err != nil {
+				done <- err
+				return
 			}
 		}
 	}()
