@@ -114,18 +114,6 @@ func newChangelogDetector(pool *pgxpool.Pool, log *zap.Logger) *changelogDetecto
 	return &changelogDetector{pool: pool, log: log, detection: config.DetectChangelog, lastVacuum: time.Now()}
 }
 
-// newDoorbellDetector is the drain of notify: each poll arms the doorbell,
-// then drains. In that order, a writer that found the doorbell disarmed
-// (and did not ring) and committed before the poll's snapshot is drained by
-// this poll, and one that finds it armed rings for the next poll. Only a
-// transaction that found it disarmed and commits after the snapshot waits
-// for a later poll: the next ring's, or the fallback poll's.
-func newDoorbellDetector(pool *pgxpool.Pool, log *zap.Logger) *changelogDetector {
-	d := newChangelogDetector(pool, log)
-	d.detection, d.arm = config.DetectNotify, true
-	return d
-}
-
 func (d *changelogDetector) mode() string { return d.detection }
 
 // blindSince: a successful poll drained everything committed before its
@@ -136,39 +124,49 @@ func (d *changelogDetector) reset() {}
 
 func (d *changelogDetector) timeout() time.Duration { return changelogPollTimeout }
 
-func (d *changelogDetector) poll(ctx context.Context, r pollRound, sink changeSink) (pollResult, error) {
-	var (
-		sentinel        bool
-		schemas, tables []string
-		oldest          []time.Time
-		drained         int64
-	)
-	scan := func(row pgx.Row) error { return row.Scan(&sentinel, &schemas, &tables, &oldest, &drained) }
-	var err error
-	if d.arm {
-		// One round trip; the drain's snapshot is taken after the arm.
-		b := &pgx.Batch{}
-		b.Queue(ArmDoorbellSQL)
-		b.Queue(ChangelogPollSQL, d.detection).QueryRow(scan)
-		err = d.pool.SendBatch(ctx, b).Close()
-	} else {
-		err = scan(d.pool.QueryRow(ctx, ChangelogPollSQL, d.detection))
-	}
-	if err != nil {
+func (d *changelogDetector) poll(ctx context.Context, _ pollRound, sink changeSink) (pollResult, error) {
+	b := &pgx.Batch{}
+	var out logDrain
+	d.queueDrain(b, &out)
+	if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
 		return pollResult{}, fmt.Errorf("poll change log: %w", err)
 	}
-	seen := time.Now()
+	return d.drained(ctx, &out, time.Now(), sink)
+}
+
+// logDrain is what one drain of the change log returned.
+type logDrain struct {
+	sentinel        bool
+	schemas, tables []string
+	oldest          []time.Time
+	rows            int64
+}
+
+// queueDrain adds the drain to b, after the doorbell's arm when d arms it:
+// the drain's snapshot is then taken after the arm.
+func (d *changelogDetector) queueDrain(b *pgx.Batch, out *logDrain) {
+	if d.arm {
+		b.Queue(ArmDoorbellSQL)
+	}
+	b.Queue(ChangelogPollSQL, d.detection).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&out.sentinel, &out.schemas, &out.tables, &out.oldest, &out.rows)
+	})
+}
+
+// drained reports what a drain took from the log (seen: when it returned),
+// then puts back a lost sentinel and vacuums when due.
+func (d *changelogDetector) drained(ctx context.Context, out *logDrain, seen time.Time, sink changeSink) (pollResult, error) {
 	// The rows are gone from the log now: report them before anything else
 	// can fail.
-	for i := range schemas {
-		src := config.QualifiedName{Schema: schemas[i], Name: tables[i]}
-		if !sink.SourceChanged(d.detection, src, oldest[i], seen) {
+	for i := range out.schemas {
+		src := config.QualifiedName{Schema: out.schemas[i], Name: out.tables[i]}
+		if !sink.SourceChanged(d.detection, src, out.oldest[i], seen) {
 			d.log.Debug("change log names a table no notify or changelog view watches", zap.Stringer("table", src))
 		}
 	}
 	var res pollResult
-	d.drainedSinceVacuum += drained
-	if !sentinel {
+	d.drainedSinceVacuum += out.rows
+	if !out.sentinel {
 		// Crash recovery empties unlogged tables: the log may have lost
 		// rows. Put the sentinel back so the next loss shows too.
 		res.lost = true

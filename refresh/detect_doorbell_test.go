@@ -70,18 +70,19 @@ func (b *bell) rings() int {
 	}
 }
 
-// armed reports whether the doorbell is armed.
-func armed(t *testing.T, pool *pgxpool.Pool) bool {
+// armed reports whether table's doorbell is armed.
+func armed(t *testing.T, pool *pgxpool.Pool, table string) bool {
 	t.Helper()
 	var a bool
-	if err := pool.QueryRow(context.Background(), `SELECT pg_sequence_last_value('refresherd.doorbell') IS NULL`).Scan(&a); err != nil {
+	bell := doorbellName(config.QualifiedName{Schema: "public", Name: table}).Sanitize()
+	if err := pool.QueryRow(context.Background(), `SELECT pg_sequence_last_value($1::regclass) IS NULL`, bell).Scan(&a); err != nil {
 		t.Fatal(err)
 	}
 	return a
 }
 
 // insert writes one row to table in an autocommit statement and returns the
-// transaction's start, which the change log dates the write at.
+// transaction's start, which a ringer dates the write at.
 func insert(ctx context.Context, pool *pgxpool.Pool, table string) (time.Time, error) {
 	var start time.Time
 	err := pool.QueryRow(ctx, `INSERT INTO `+pgx.Identifier{"public", table}.Sanitize()+` VALUES (1, 1) RETURNING now()`).Scan(&start)
@@ -101,7 +102,7 @@ func mustInsert(t *testing.T, pool *pgxpool.Pool, table string) time.Time {
 }
 
 // expectOneChange polls d once and checks that it reports exactly one change
-// of public.src, dated at.
+// of public.src, dated at; it returns the poll's start.
 func expectOneChange(t *testing.T, d detector, prev time.Time, at time.Time, what string) time.Time {
 	t.Helper()
 	_, evs, start := pollOnce(t, d, prev)
@@ -111,98 +112,109 @@ func expectOneChange(t *testing.T, d detector, prev time.Time, at time.Time, wha
 	return start
 }
 
-// TestDoorbell follows notify's trigger and its drain step by step, with
+// TestDoorbell follows notify's trigger and its poll step by step, with
 // the races of the doorbell played in a fixed order: only a writer that
-// finds it armed rings; a poll arms it, then drains; a writer that found it
-// disarmed is drained by the next poll, whenever it commits; a notifier
-// that rolls back leaves it disarmed but loses no row.
+// finds it armed rings; a poll reports a doorbell it finds disarmed, dated
+// at the ringer's transaction start, and re-arms it; a writer that found
+// it disarmed is reported by the next poll if it committed before it, and
+// once it commits otherwise; a ringer that rolls back costs one spurious
+// change. Nothing goes through the change log.
 func TestDoorbell(t *testing.T) {
 	ctx := context.Background()
 	pool, d := logSetup(t, config.DetectNotify)
 	b := listenBell(t, pool)
-	if !armed(t, pool) {
+	if !armed(t, pool, "src") {
 		t.Fatal("a new doorbell is not armed")
 	}
-	_, _, prev := pollOnce(t, d, time.Time{})
+	res, evs, prev := pollOnce(t, d, time.Time{})
+	if !res.lost || len(evs) != 0 {
+		t.Fatalf("first poll: %+v, events %v; want lost (the watch starts) and no events", res, kindsOf(evs))
+	}
 
-	// Armed: the first writer rings and disarms it; the next ones only log.
+	// Armed: the first writer rings and disarms it; the next ones do not.
 	first := mustInsert(t, pool, "src")
-	if got := b.rings(); got != 1 || armed(t, pool) {
-		t.Fatalf("first write: %d rings, armed %v; want 1 ring and the doorbell disarmed", got, armed(t, pool))
+	if got := b.rings(); got != 1 || armed(t, pool, "src") {
+		t.Fatalf("first write: %d rings, armed %v; want 1 ring and the doorbell disarmed", got, armed(t, pool, "src"))
 	}
 	mustInsert(t, pool, "src")
 	mustExec(t, pool, `UPDATE public.src SET v = v + 1 WHERE k = 1`)
-	if got, n := b.rings(), logRows(t, pool); got != 0 || n != 3 {
-		t.Fatalf("writes to a disarmed doorbell: %d rings, %d log rows; want 0 rings, 3 rows", got, n)
+	if got := b.rings(); got != 0 {
+		t.Fatalf("writes to a disarmed doorbell: %d rings, want 0", got)
 	}
-	// The poll re-arms it and drains what was logged, without ringing.
 	prev = expectOneChange(t, d, prev, first, "poll after a ring")
-	if got := b.rings(); got != 0 || !armed(t, pool) || logRows(t, pool) != 0 {
-		t.Fatalf("after the poll: %d rings, armed %v, %d log rows; want 0, armed, 0", got, armed(t, pool), logRows(t, pool))
+	if got := b.rings(); got != 0 || !armed(t, pool, "src") || logRows(t, pool) != 0 {
+		t.Fatalf("after the poll: %d rings, armed %v, %d log rows; want 0, armed, 0", got, armed(t, pool, "src"), logRows(t, pool))
 	}
+	prev = expectNothing(t, d, prev, "poll with no write")
 
-	// A writer that found the doorbell disarmed (after another's ring, before
-	// the poll the ring causes re-arms it) and committed: the poll arms
-	// first and drains after, so its drain gets the row.
+	// A transaction that found the doorbell disarmed and is still running
+	// at the poll: it did not ring, and the poll cannot see its write; it
+	// is watched, and reported by the first poll after its commit, dated at
+	// the start of the poll that first saw it running.
 	ringer := mustInsert(t, pool, "src")
-	mustInsert(t, pool, "src")
-	if got := b.rings(); got != 1 {
-		t.Fatalf("%d rings, want 1", got)
-	}
-	prev = expectOneChange(t, d, prev, ringer, "a writer that found the doorbell disarmed")
-	if logRows(t, pool) != 0 {
-		t.Fatal("the poll left rows in the log")
-	}
-
-	// A transaction that found the doorbell disarmed and commits only after
-	// the poll's drain: the poll does not see it, it does not ring (its
-	// trigger ran before the re-arm), and its row waits in the log for the
-	// next poll: the next writer's ring, or the fallback poll.
-	ringer = mustInsert(t, pool, "src")
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	var inFlight time.Time
-	if err := tx.QueryRow(ctx, `INSERT INTO public.src VALUES (2, 2) RETURNING now()`).Scan(&inFlight); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (2, 2)`); err != nil {
 		t.Fatal(err)
 	}
-	prev = expectOneChange(t, d, prev, ringer, "poll while a writer is in flight")
+	if got := b.rings(); got != 1 {
+		t.Fatalf("%d rings, want 1", got)
+	}
+	sawRunning := expectOneChange(t, d, prev, ringer, "poll while a writer is in flight")
+	prev = expectNothing(t, d, sawRunning, "poll while the writer still runs")
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, n := b.rings(), logRows(t, pool); got != 1 || n != 1 || !armed(t, pool) {
-		t.Fatalf("in-flight writer committed: %d rings (want 1: the ringer's), %d log rows (want 1), armed %v (want true)", got, n, armed(t, pool))
+	if got := b.rings(); got != 0 || !armed(t, pool, "src") {
+		t.Fatalf("in-flight writer committed: %d rings (want 0), armed %v (want true)", got, armed(t, pool, "src"))
 	}
-	mustInsert(t, pool, "src")
-	if got := b.rings(); got != 1 {
-		t.Fatalf("next writer: %d rings, want 1", got)
-	}
-	prev = expectOneChange(t, d, prev, inFlight, "the next writer's ring brings the in-flight writer's row")
+	prev = expectOneChange(t, d, prev, sawRunning, "poll after the in-flight writer's commit")
+	prev = expectNothing(t, d, prev, "poll after that")
 
-	// The notifier rolls back: its NOTIFY is never sent and its row never
-	// committed, but its disarm stays (a sequence is not transactional). The
-	// next writer does not ring; its row waits for the fallback poll, which
-	// reports it and re-arms, and the writer after that rings again.
+	// The same, rolled back: nothing to report.
+	mustInsert(t, pool, "src")
 	tx, err = pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (3, 3)`); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (2, 2)`); err != nil {
+		t.Fatal(err)
+	}
+	_, _, prev = pollOnce(t, d, prev)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	prev = expectNothing(t, d, prev, "poll after the in-flight writer's rollback")
+	if got := b.rings(); got != 1 {
+		t.Fatalf("%d rings, want 1", got)
+	}
+
+	// The ringer rolls back: its NOTIFY is never sent, but its disarm stays
+	// (a sequence is not transactional). The next writer does not ring; the
+	// fallback poll reports the table, dated at the rolled-back ringer's
+	// start, and re-arms; the writer after that rings again.
+	var rolledBack time.Time
+	tx, err = pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, `INSERT INTO public.src VALUES (3, 3) RETURNING now()`).Scan(&rolledBack); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := b.rings(); got != 0 || armed(t, pool) || logRows(t, pool) != 0 {
-		t.Fatalf("rolled-back notifier: %d rings, armed %v, %d log rows; want 0, disarmed, 0", got, armed(t, pool), logRows(t, pool))
+	if got := b.rings(); got != 0 || armed(t, pool, "src") {
+		t.Fatalf("rolled-back ringer: %d rings, armed %v; want 0, disarmed", got, armed(t, pool, "src"))
 	}
-	after := mustInsert(t, pool, "src")
+	mustInsert(t, pool, "src")
 	if got := b.rings(); got != 0 {
 		t.Fatalf("write after a rolled-back ring: %d rings, want 0 (disarmed)", got)
 	}
-	prev = expectOneChange(t, d, prev, after, "fallback poll after a rolled-back ring")
+	prev = expectOneChange(t, d, prev, rolledBack, "fallback poll after a rolled-back ring")
 	mustInsert(t, pool, "src")
 	if got := b.rings(); got != 1 {
 		t.Fatalf("write after the fallback poll: %d rings, want 1", got)
@@ -227,7 +239,59 @@ func TestDoorbell(t *testing.T) {
 	if got := b.rings(); got != 1 {
 		t.Fatalf("transaction of three statements: %d rings, want 1", got)
 	}
-	expectOneChange(t, d, prev, start, "transaction of three statements")
+	prev = expectOneChange(t, d, prev, start, "transaction of three statements")
+
+	// A transaction of another database is never watched: transaction IDs
+	// are the cluster's.
+	other := pool.Config().ConnConfig.Copy()
+	other.Database = "postgres"
+	oconn, err := pgx.ConnectConfig(ctx, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = oconn.Close(ctx) }()
+	otx, err := oconn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := otx.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	at := mustInsert(t, pool, "src")
+	prev = expectOneChange(t, d, prev, at, "ring while another database's transaction runs")
+	if err := otx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectNothing(t, d, prev, "poll after the other database's commit")
+}
+
+// TestDoorbellWatchStartsBlind: a writer found the doorbell disarmed before
+// this detector's watch began, and an earlier leader re-armed it since
+// (its watch gone with it). The first poll finds the doorbell armed, so it
+// says the watch starts blind (lost: the poller catches up) and watches
+// every running transaction: the writer's commit is reported.
+func TestDoorbellWatchStartsBlind(t *testing.T) {
+	ctx := context.Background()
+	pool, d := logSetup(t, config.DetectNotify)
+	bell := doorbellName(srcName).Sanitize()
+	mustExec(t, pool, `SELECT setval($1::regclass, 1)`, bell) // disarmed
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (1, 1)`); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, pool, `SELECT setval($1::regclass, 1, false)`, bell) // the earlier leader's arm
+	res, evs, start := pollOnce(t, d, time.Time{})
+	if !res.lost || len(evs) != 0 {
+		t.Fatalf("first poll: %+v, events %v; want lost and no events", res, kindsOf(evs))
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectOneChange(t, d, start, start, "the writer's commit")
 }
 
 // TestDoorbellWritersNeverConflict: the doorbell is a sequence, read and
@@ -304,6 +368,20 @@ func (s *recordingSink) changed(table string, at time.Time) bool {
 	defer s.mu.Unlock()
 	return slices.ContainsFunc(s.events, func(ev sinkEvent) bool {
 		return ev.kind == "changed" && ev.mode == config.DetectNotify && ev.src.Name == table && ev.at.Equal(at)
+	})
+}
+
+// reported reports whether the sink was told, after from, of a change of
+// table dated no later than by: a write that started at from and whose
+// commit was acknowledged at by (a poll after its commit reports it, dated
+// no later than the commit; a ringer of its own or one before it, or the
+// poll that first saw it running, dates it).
+func (s *recordingSink) reported(table string, from, by time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.ContainsFunc(s.events, func(ev sinkEvent) bool {
+		return ev.kind == "changed" && ev.mode == config.DetectNotify && ev.src.Name == table &&
+			!ev.seen.Before(from) && !ev.at.After(by)
 	})
 }
 
@@ -384,7 +462,7 @@ func TestDoorbellRolledBackNotifier(t *testing.T) {
 	ctx := context.Background()
 	pool := testPool(t)
 	r := startDoorbell(t, pool, nil, 100*time.Millisecond, "src")
-	waitFor(t, 10*time.Second, "the doorbell to be armed", func() bool { return armed(t, pool) })
+	waitFor(t, 10*time.Second, "the doorbell to be armed", func() bool { return armed(t, pool, "src") })
 
 	tx, err := pool.Begin(ctx)
 	if err != nil {
@@ -396,16 +474,20 @@ func TestDoorbellRolledBackNotifier(t *testing.T) {
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	r.waitChanged(t, "src", mustInsert(t, pool, "src"), "the next writer's change to be reported")
-	waitFor(t, 10*time.Second, "the doorbell to be armed again", func() bool { return armed(t, pool) })
+	from := time.Now()
+	mustInsert(t, pool, "src")
+	by := time.Now()
+	waitFor(t, 10*time.Second, "the next writer's change to be reported", func() bool { return r.rec.reported("src", from, by) })
+	waitFor(t, 10*time.Second, "the doorbell to be armed again", func() bool { return armed(t, pool, "src") })
 	r.waitChanged(t, "src", mustInsert(t, pool, "src"), "the writer after it")
 }
 
 // TestDoorbellEveryCommitReported: writers at once, each on its own table,
 // each waiting for its last write to be reported before the next: every
-// committed write is reported to SourceChanged for its table, dated at its
-// own transaction's start (the only row of its table in the log when
-// drained), through rings, the races between them, and fallback polls.
+// committed write is reported to SourceChanged for its table after it
+// started, dated no later than its commit, through rings, the races between
+// them (a poll that arms one table while another's writer runs), and
+// fallback polls.
 // And the doorbell rings at most a few times per poll.
 func TestDoorbellEveryCommitReported(t *testing.T) {
 	ctx := context.Background()
@@ -426,13 +508,15 @@ func TestDoorbellEveryCommitReported(t *testing.T) {
 	for _, table := range tables {
 		wg.Go(func() {
 			for i := range writes {
+				from := time.Now()
 				at, err := insert(ctx, pool, table)
 				if err != nil {
 					errs <- err
 					return
 				}
+				by := time.Now()
 				deadline := time.Now().Add(10 * time.Second)
-				for !r.rec.changed(table, at) {
+				for !r.rec.reported(table, from, by) {
 					if time.Now().After(deadline) {
 						errs <- fmt.Errorf("write %d to %s, dated %v, not reported within 10 s", i, table, at)
 						return
@@ -449,8 +533,10 @@ func TestDoorbellEveryCommitReported(t *testing.T) {
 	}
 	rings, drains := b.rings(), r.e.pollCount(config.DetectNotify)-polls
 	t.Logf("%d commits: %d rings, %d polls", writers*writes, rings, drains)
-	if rings > 3*drains {
-		t.Errorf("%d rings for %d polls: more than a few per poll", rings, drains)
+	// Each table's doorbell rings at most once per arm here: one writer
+	// per table, waiting for its report before the next write.
+	if rings > writers*drains {
+		t.Errorf("%d rings for %d polls of %d tables: more than one per table and poll", rings, drains, writers)
 	}
 	if n := logRows(t, pool); n != 0 {
 		t.Errorf("%d rows left in the log", n)
@@ -487,8 +573,8 @@ func TestDoorbellListenerReconnect(t *testing.T) {
 	waitFor(t, 10*time.Second, "the listener to report its outage", func() bool { return r.rec.has("unseen") })
 	b.rings()
 	lost := mustInsert(t, pool, "src")
-	if got := b.rings(); got != 1 || armed(t, pool) {
-		t.Fatalf("write during the outage: %d rings, armed %v; want 1 ring (unheard) and the doorbell disarmed", got, armed(t, pool))
+	if got := b.rings(); got != 1 || armed(t, pool, "src") {
+		t.Fatalf("write during the outage: %d rings, armed %v; want 1 ring (unheard) and the doorbell disarmed", got, armed(t, pool, "src"))
 	}
 	mustExec(t, pool, `ALTER ROLE `+pgx.Identifier{role}.Sanitize()+` LOGIN`)
 	r.waitChanged(t, "src", lost, "the change written during the outage")
@@ -582,53 +668,44 @@ func TestDoorbellSharedLog(t *testing.T) {
 	}
 }
 
-// TestDoorbellReplacesOldTrigger: an install of a version before the
-// doorbell has notify_change() notifying per statement, no doorbell, and
-// the trigger on its tables. Start-up's EnsureSchema replaces the function
-// in place: the trigger, untouched, now logs and rings. A notification in
-// the old format (from a replica of the old version during a rolling
-// upgrade, which puts the old function back) is still a change.
+// TestDoorbellReplacesOldTrigger: an install of the version before the
+// per-table doorbells has the notify trigger calling notify_change(), which
+// logs and rings the one doorbell. The leader's EnsureTriggers replaces it
+// with notify_ring's, naming the table's doorbell. During a rolling
+// upgrade a replica of the old version may put its trigger back: its
+// writes still reach the views, through the log that the notify poll
+// drains and the old doorbell that it arms. A notification of the format
+// before that (from a replica older still) is a change too.
 func TestDoorbellReplacesOldTrigger(t *testing.T) {
 	ctx := context.Background()
 	pool := testPool(t)
-	mustExec(t, pool, `DROP SEQUENCE refresherd.doorbell`)
-	mustExec(t, pool, `CREATE OR REPLACE FUNCTION refresherd.notify_change() RETURNS trigger
-		LANGUAGE plpgsql AS $$
-		BEGIN
-			PERFORM pg_notify('refresherd_changes', json_build_object(
-				'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME, 'ts', extract(epoch FROM now()))::text);
-			RETURN NULL;
-		END
-		$$`)
-	mustExec(t, pool, `CREATE TRIGGER refresherd_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.src
-		FOR EACH STATEMENT EXECUTE FUNCTION refresherd.notify_change()`)
-	trigger := func() (oid uint32, definer bool) {
+	oldTrigger := `CREATE TRIGGER refresherd_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.src
+		FOR EACH STATEMENT EXECUTE FUNCTION refresherd.notify_change()`
+	mustExec(t, pool, oldTrigger)
+	trigger := func() (fn string, args int) {
 		t.Helper()
-		if err := pool.QueryRow(ctx, `SELECT t.oid, p.prosecdef FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-			WHERE t.tgrelid = 'public.src'::regclass AND t.tgname = 'refresherd_notify'`).Scan(&oid, &definer); err != nil {
+		if err := pool.QueryRow(ctx, `SELECT t.tgfoid::regproc::text, t.tgnargs FROM pg_trigger t
+			WHERE t.tgrelid = 'public.src'::regclass AND t.tgname = 'refresherd_notify'`).Scan(&fn, &args); err != nil {
 			t.Fatal(err)
 		}
-		return oid, definer
-	}
-	oldOID, _ := trigger()
-	mustInsert(t, pool, "src")
-	if n := logRows(t, pool); n != 0 {
-		t.Fatalf("the old function logged %d rows", n)
-	}
-
-	for range 2 { // idempotent
-		if err := EnsureSchema(ctx, pool); err != nil {
-			t.Fatal(err)
-		}
+		return fn, args
 	}
 	b := listenBell(t, pool)
 	r := startDoorbell(t, pool, nil, time.Hour, "src")
-	if oid, definer := trigger(); oid != oldOID || !definer {
-		t.Errorf("trigger %d (was %d), function SECURITY DEFINER %v: want the same trigger on the new function", oid, oldOID, definer)
+	if fn, args := trigger(); fn != "refresherd.notify_ring" || args != 1 {
+		t.Errorf("trigger calls %s with %d argument(s), want refresherd.notify_ring with 1", fn, args)
 	}
+	r.waitChanged(t, "src", mustInsert(t, pool, "src"), "a write through the new trigger")
+	if got, n := b.rings(), logRows(t, pool); got != 1 || n != 0 {
+		t.Errorf("%d rings, %d log rows; want 1 and 0", got, n)
+	}
+
+	// An old replica's set-up puts its trigger back.
+	mustExec(t, pool, `DROP TRIGGER refresherd_notify ON public.src`)
+	mustExec(t, pool, oldTrigger)
 	r.waitChanged(t, "src", mustInsert(t, pool, "src"), "a write through the old trigger")
-	if got := b.rings(); got != 1 {
-		t.Errorf("%d rings, want 1", got)
+	if got, n := b.rings(), logRows(t, pool); got != 1 || n != 0 {
+		t.Errorf("old trigger: %d rings, %d log rows; want 1 ring and the log drained", got, n)
 	}
 
 	at := time.Now().Add(-time.Second).Truncate(time.Microsecond)

@@ -45,7 +45,8 @@ func expectChange(t *testing.T, d *statsDetector, prev time.Time, what string) t
 	return start
 }
 
-func expectNothing(t *testing.T, d *statsDetector, prev time.Time, what string) time.Time {
+// expectNothing polls d once and checks that it reports nothing.
+func expectNothing(t *testing.T, d detector, prev time.Time, what string) time.Time {
 	t.Helper()
 	res, evs, start := pollOnce(t, d, prev)
 	if res.lost || len(evs) != 0 {

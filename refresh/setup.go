@@ -96,12 +96,13 @@ func EnsureView(ctx context.Context, pool *pgxpool.Pool, v *config.View) (create
 				continue
 			}
 			if trig != notifyTrigger {
-				// The notify trigger appends to the change log too.
-				_, ours, err := lookUpTrigger(ctx, tx, src, notifyTrigger)
+				// The notify trigger serves changelog's views too: the
+				// notify detector reports its tables to both modes.
+				found, err := lookUpTrigger(ctx, tx, src, notifyTrigger, doorbellName(src).Sanitize())
 				if err != nil {
 					return err
 				}
-				if ours {
+				if found.ours {
 					continue
 				}
 			}
@@ -172,10 +173,17 @@ const (
 type detectorTrigger struct {
 	name     string // trigger name
 	function string // function in the refresherd schema
+	// legacy, when set, is the function an earlier version's trigger of
+	// this name calls: such a trigger is ours, and replaced.
+	legacy string
+	// doorbell: the function's argument names the table's doorbell
+	// (doorbellName), created with the trigger.
+	doorbell bool
 }
 
 var (
-	notifyTrigger    = detectorTrigger{name: dbsql.TriggerName, function: dbsql.NotifyFunction}
+	notifyTrigger = detectorTrigger{name: dbsql.TriggerName, function: dbsql.NotifyFunction,
+		legacy: dbsql.LegacyNotifyFunction, doorbell: true}
 	changelogTrigger = detectorTrigger{name: ChangelogTrigger, function: changelogFunction}
 	// detectorTriggers are all triggers the daemon manages.
 	detectorTriggers = []detectorTrigger{notifyTrigger, changelogTrigger}
@@ -288,11 +296,14 @@ func EnsureTriggers(ctx context.Context, pool *pgxpool.Pool, views []config.View
 // tablesWithDaemonTriggers lists the tables carrying one of the daemon's
 // triggers (matched by name and function).
 func tablesWithDaemonTriggers(ctx context.Context, pool *pgxpool.Pool) ([]config.QualifiedName, error) {
-	names := make([]string, len(detectorTriggers))
-	funcs := make([]string, len(detectorTriggers))
-	for i, t := range detectorTriggers {
-		names[i] = t.name
-		funcs[i] = pgx.Identifier{dbsql.SchemaName, t.function}.Sanitize() + "()"
+	var names, funcs []string
+	for _, t := range detectorTriggers {
+		for _, fn := range []string{t.function, t.legacy} {
+			if fn != "" {
+				names = append(names, t.name)
+				funcs = append(funcs, pgx.Identifier{dbsql.SchemaName, fn}.Sanitize()+"()")
+			}
+		}
 	}
 	rows, err := pool.Query(ctx, `SELECT DISTINCT n.nspname::text, c.relname::text
 		FROM unnest($1::text[], $2::text[]) AS d(tgname, fn)
@@ -319,41 +330,122 @@ func tablesWithDaemonTriggers(ctx context.Context, pool *pgxpool.Pool) ([]config
 // statement triggers on a source table. It looks before it locks: creating
 // or dropping a trigger takes a lock that blocks writers, so a table already
 // as wanted is left alone. A trigger of that name calling another function is
-// the user's: it is neither replaced nor dropped.
+// the user's: it is neither replaced nor dropped. One calling the function of
+// an earlier version, or with another argument, is replaced. A doorbell
+// trigger's sequence is created before the trigger and dropped after it.
 func syncTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig detectorTrigger, want bool) error {
-	exists, ours, err := lookUpTrigger(ctx, tx, src, trig)
+	var arg string
+	if trig.doorbell {
+		arg = doorbellName(src).Sanitize()
+	}
+	found, err := lookUpTrigger(ctx, tx, src, trig, arg)
 	if err != nil {
 		return err
 	}
 	fn := pgx.Identifier{dbsql.SchemaName, trig.function}.Sanitize()
 	name := pgx.Identifier{trig.name}.Sanitize()
-	switch {
-	case want && !exists:
-		if _, err := tx.Exec(ctx, "CREATE TRIGGER "+name+" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "+
-			src.Sanitized()+" FOR EACH STATEMENT EXECUTE FUNCTION "+fn+"()"); err != nil {
-			return fmt.Errorf("create trigger %s on %s: %w", trig.name, src, err)
-		}
-	case want && !ours:
-		return fmt.Errorf("trigger %s on %s exists but does not call %s(): refresherd will not replace it", trig.name, src, fn)
-	case !want && exists && ours:
+	drop := func() error {
 		if _, err := tx.Exec(ctx, "DROP TRIGGER IF EXISTS "+name+" ON "+src.Sanitized()); err != nil {
 			return fmt.Errorf("drop trigger %s on %s: %w", trig.name, src, err)
+		}
+		return nil
+	}
+	switch {
+	case want && found.current:
+		if trig.doorbell {
+			return ensureDoorbell(ctx, tx, src)
+		}
+	case want && found.exists && !found.ours:
+		return fmt.Errorf("trigger %s on %s exists but does not call %s(): refresherd will not replace it", trig.name, src, fn)
+	case want:
+		if found.exists {
+			if err := drop(); err != nil {
+				return err
+			}
+		}
+		args := ""
+		if trig.doorbell {
+			if err := ensureDoorbell(ctx, tx, src); err != nil {
+				return err
+			}
+			args = quoteLiteral(arg)
+		}
+		if _, err := tx.Exec(ctx, "CREATE TRIGGER "+name+" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "+
+			src.Sanitized()+" FOR EACH STATEMENT EXECUTE FUNCTION "+fn+"("+args+")"); err != nil {
+			return fmt.Errorf("create trigger %s on %s: %w", trig.name, src, err)
+		}
+	case found.exists && found.ours:
+		if err := drop(); err != nil {
+			return err
+		}
+		if trig.doorbell {
+			if _, err := tx.Exec(ctx, "DROP SEQUENCE IF EXISTS "+arg); err != nil {
+				return fmt.Errorf("drop the doorbell of %s: %w", src, err)
+			}
 		}
 	}
 	return nil
 }
 
-// lookUpTrigger reports whether src has a trigger named as trig, and
-// whether it is ours (calls trig's function).
-func lookUpTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig detectorTrigger) (exists, ours bool, err error) {
-	fn := pgx.Identifier{dbsql.SchemaName, trig.function}.Sanitize() + "()"
-	if err := tx.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_and(t.tgfoid = to_regprocedure($3)), false)
-			FROM pg_catalog.pg_trigger t
-			WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2`, src.Sanitized(), trig.name, fn).Scan(&exists, &ours); err != nil {
-		return false, false, fmt.Errorf("look up trigger %s on %s: %w", trig.name, src, err)
-	}
-	return exists, ours, nil
+// foundTrigger is what lookUpTrigger found on a table.
+type foundTrigger struct {
+	exists  bool // a trigger of the name
+	ours    bool // calling our function or its legacy one
+	current bool // calling our function with the wanted argument
 }
+
+// lookUpTrigger looks for a trigger named as trig on src; current means it
+// calls trig's function with the one argument arg (none if arg is empty).
+func lookUpTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig detectorTrigger, arg string) (foundTrigger, error) {
+	fn := pgx.Identifier{dbsql.SchemaName, trig.function}.Sanitize() + "()"
+	legacy := ""
+	if trig.legacy != "" {
+		legacy = pgx.Identifier{dbsql.SchemaName, trig.legacy}.Sanitize() + "()"
+	}
+	var f foundTrigger
+	if err := tx.QueryRow(ctx, `SELECT count(*) > 0,
+			coalesce(bool_and(t.tgfoid IN (to_regprocedure($3), coalesce(to_regprocedure(nullif($4, '')), 0))), false),
+			coalesce(bool_and(t.tgfoid = to_regprocedure($3) AND t.tgargs = CASE WHEN $5 = '' THEN ''::bytea
+				ELSE pg_catalog.convert_to($5, 'UTF8') || '\x00'::bytea END), false)
+			FROM pg_catalog.pg_trigger t
+			WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2`, src.Sanitized(), trig.name, fn, legacy, arg).Scan(&f.exists, &f.ours, &f.current); err != nil {
+		return f, fmt.Errorf("look up trigger %s on %s: %w", trig.name, src, err)
+	}
+	return f, nil
+}
+
+// doorbellName is the doorbell sequence of source table src (notify): named
+// by a hash of the table's name, so that any name fits in 63 bytes.
+func doorbellName(src config.QualifiedName) pgx.Identifier {
+	h := sha256.Sum256([]byte(src.Schema + "." + src.Name))
+	return pgx.Identifier{dbsql.SchemaName, "doorbell_" + hex.EncodeToString(h[:8])}
+}
+
+// ensureDoorbell creates src's doorbell unless it exists: armed (a new
+// sequence is not called), UNLOGGED from PostgreSQL 15 (no WAL at each arm
+// and ring; crash recovery resets it to armed), owned by the daemon's role.
+func ensureDoorbell(ctx context.Context, tx pgx.Tx, src config.QualifiedName) error {
+	var exists, unlogged bool
+	if err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL, current_setting('server_version_num')::int >= 150000`,
+		doorbellName(src).Sanitize()).Scan(&exists, &unlogged); err != nil {
+		return fmt.Errorf("look up the doorbell of %s: %w", src, err)
+	}
+	if exists {
+		return nil
+	}
+	create := "CREATE SEQUENCE "
+	if unlogged {
+		create = "CREATE UNLOGGED SEQUENCE "
+	}
+	if _, err := tx.Exec(ctx, create+doorbellName(src).Sanitize()); err != nil {
+		return fmt.Errorf("create the doorbell of %s: %w", src, err)
+	}
+	return nil
+}
+
+// quoteLiteral quotes s as an SQL string literal (a trigger's argument
+// cannot be a parameter).
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // DefinitionHash identifies a view's definition: its query and unique key.
 func DefinitionHash(v *config.View) string {

@@ -123,8 +123,13 @@ BEGIN
 END
 $$;
 
--- The notify trigger function: append to the change log as changelog_append
--- does, and ring the doorbell when it is armed. Same constraints as
+-- The notify trigger function of earlier versions (before per-table
+-- doorbells), kept for a replica of such a version during a rolling upgrade,
+-- whose triggers call it; the daemon drains the log it appends to and arms
+-- its doorbell (refresherd.doorbell above) as long as the notify mode is in
+-- use, and replaces its triggers by notify_ring's when it leads.
+-- It appends to the change log as changelog_append does, and rings the
+-- doorbell when it is armed. Same constraints as
 -- changelog_append: SECURITY DEFINER (writers need no grant on this
 -- schema; the owner may read and advance the sequence), no SET search_path
 -- and nothing resolved through it (functions are called schema-qualified,
@@ -149,6 +154,40 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION refresherd.notify_change() FROM PUBLIC;
+
+-- The notify trigger function since the per-table doorbells: it only rings.
+-- Its argument names the doorbell of its table, an UNLOGGED sequence the
+-- daemon creates with the trigger (refresh/setup.go) and arms (setval to
+-- not called) at each poll. A writer that finds its table's doorbell armed
+-- disarms it, writing its transaction's start in microseconds since the
+-- epoch (a lower bound of the commit of every writer that finds it disarmed
+-- after, which the daemon dates the change at), and notifies. Every other
+-- writer pays one lookup of the sequence and one read of it, and no insert:
+-- the change log was most of the cost writers paid (docs/change-detection.md).
+-- No write is lost without a log: a writer that found the doorbell disarmed
+-- either committed before the daemon's next arm, which reports the table
+-- because it finds the doorbell disarmed, or was running then, and the
+-- daemon watches its transaction ID until it ends (refresh/detect_doorbell.go).
+-- A missing doorbell (its sequence dropped) rings at every statement rather
+-- than fail the writer's statement.
+-- Same constraints as changelog_append: SECURITY DEFINER, no SET search_path,
+-- every function called schema-qualified, the cast to int8 found by type OIDs.
+CREATE OR REPLACE FUNCTION refresherd.notify_ring() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    bell regclass := pg_catalog.to_regclass(TG_ARGV[0]);
+BEGIN
+    IF bell IS NULL THEN
+        PERFORM pg_catalog.pg_notify('refresherd_changes', '{"op":"doorbell"}');
+    ELSIF pg_catalog.pg_sequence_last_value(bell) IS NULL THEN
+        PERFORM pg_catalog.setval(bell, pg_catalog.float8mul(
+            pg_catalog.date_part('epoch', pg_catalog.now()), 1000000)::int8);
+        PERFORM pg_catalog.pg_notify('refresherd_changes', '{"op":"doorbell"}');
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION refresherd.notify_ring() FROM PUBLIC;
 
 -- For apps: the time a managed view's data is as of (NULL if never refreshed).
 -- SELECT refresherd.data_as_of('public.app_chargesummary');

@@ -10,11 +10,15 @@ var Schema string
 
 // Names of refresherd's objects that the Go code refers to.
 const (
-	SchemaName     = "refresherd"
-	NotifyChannel  = "refresherd_changes"
-	TriggerName    = "refresherd_notify"
-	NotifyFunction = "notify_change"
-	// DoorbellOp is the op of the notify trigger's notification (see
-	// notify_change() in schema.sql): drain the change log.
+	SchemaName    = "refresherd"
+	NotifyChannel = "refresherd_changes"
+	TriggerName   = "refresherd_notify"
+	// NotifyFunction is the notify trigger's function: it rings the
+	// doorbell named in its argument (see notify_ring() in schema.sql).
+	NotifyFunction = "notify_ring"
+	// LegacyNotifyFunction is the notify trigger's function before the
+	// per-table doorbells; triggers calling it are replaced.
+	LegacyNotifyFunction = "notify_change"
+	// DoorbellOp is the op of the notify triggers' notification: poll now.
 	DoorbellOp = "doorbell"
 )

@@ -400,23 +400,26 @@ func readRaw(paths []string) ([]sample, error) {
 
 // daemonWork is what a notify daemon does per ring, for every variant
 // alike (each statement only has work when that variant's objects were
-// touched): the shipped daemon's re-arm and drain, with its own SQL, and the
-// doorbell-only design's re-arm of the per-table doorbell with a snapshot
-// read (docs/change-detection.md, "Next"). A real daemon re-arms when a ring
+// touched): the daemon's poll, with its own SQL (refresh/detect_doorbell.go),
+// over the doorbell of the shipped trigger here (and the ab_ ones), the
+// snapshot and lock list of its watch, and the arm and drain it keeps for
+// the trigger of earlier versions. A real daemon polls when a ring
 // arrives, which under sustained writes is right after each re-arm; a fixed
 // interval is that, without the listener.
 func daemonWork(ctx context.Context, conn *pgxpool.Conn) error {
 	b := &pgx.Batch{}
+	b.Queue(refresh.ArmBellsSQL, []string{abDoorbell})
+	b.Queue(refresh.WatchXactsSQL, []int64{}, []string{"public.app_charge"})
 	b.Queue(refresh.ArmDoorbellSQL)
 	b.Queue(refresh.ChangelogPollSQL, config.DetectNotify)
-	b.Queue(`SELECT pg_catalog.setval(seq, 1, false) FROM to_regclass('refresherd.ab_doorbell_app_charge') AS seq
-		WHERE seq IS NOT NULL AND pg_catalog.pg_sequence_last_value(seq) IS NOT NULL`)
-	b.Queue(`SELECT pg_catalog.pg_current_snapshot()`)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("daemon work: %w", err)
 	}
 	return nil
 }
+
+// abDoorbell is the per-table doorbell of the variants here (variants.sql).
+const abDoorbell = "refresherd.ab_doorbell_app_charge"
 
 // runWithDaemonWork runs measure while, every interval (none if 0), one
 // connection that LISTENs on the notify channel does daemonWork.

@@ -1,7 +1,8 @@
 -- Statement-trigger variants on public.app_charge for triggerab, each
 -- created disabled; triggerab enables one at a time. They are the shapes
 -- measured in docs/change-detection.md ("What writers pay"): the shipped
--- notify trigger and what it would be without each of its parts.
+-- notify trigger, the one before it (ab_log_doorbell), and what that one
+-- would be without each of its parts.
 CREATE UNLOGGED TABLE refresherd.ab_changelog_oid (
     source     regclass NOT NULL,
     changed_at timestamptz NOT NULL DEFAULT now()
@@ -49,8 +50,13 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- The shipped trigger, as the daemon creates it (refresh/setup.go).
+-- The shipped trigger, as the daemon creates it (refresh/setup.go), with
+-- this file's doorbell (the daemon names it by a hash of the table's name).
 CREATE TRIGGER refresherd_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
+    FOR EACH STATEMENT EXECUTE FUNCTION refresherd.notify_ring('refresherd.ab_doorbell_app_charge');
+-- The trigger of the versions before per-table doorbells: the change log
+-- and one doorbell.
+CREATE TRIGGER ab_log_doorbell AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
     FOR EACH STATEMENT EXECUTE FUNCTION refresherd.notify_change();
 CREATE TRIGGER ab_empty AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
     FOR EACH STATEMENT EXECUTE FUNCTION refresherd.ab_empty();
