@@ -49,20 +49,25 @@ SELECT EXISTS (SELECT FROM refresherd.detector_sentinel WHERE detector = $1),
 	coalesce(sum(n), 0)::int8
 FROM per_table`
 
-// ArmDoorbellSQL arms the notify trigger's doorbell (see sql/schema.sql),
-// unless it is armed already.
+// ArmDoorbellSQL arms the one doorbell of the notify trigger function of
+// versions before per-table doorbells (notify_change() in sql/schema.sql),
+// unless it is armed already: such a trigger may be put back by a replica of
+// such a version during a rolling upgrade.
 const ArmDoorbellSQL = `SELECT pg_catalog.setval('refresherd.doorbell', 1, false) FROM refresherd.doorbell WHERE is_called`
 
-// logModes are the change detection modes whose triggers append to the one
-// change log, refresherd.changelog: notify's (which also rings the doorbell)
-// and changelog's. A drain takes every row, whichever mode's detector runs
-// it.
+// logModes are the change detection modes that share what their detectors
+// see: changelog's trigger appends to the change log, and so did notify's
+// before per-table doorbells (a replica of such a version may put it back
+// during a rolling upgrade); a drain takes every row, whichever mode's
+// detector runs it. And a table watched in both modes carries only the
+// notify trigger, whose doorbell poll then serves changelog's views too.
 var logModes = []string{config.DetectNotify, config.DetectChangelog}
 
-// logSink passes what a detector draining the change log tells it on to
-// every mode in logModes: a drain takes the rows of a table watched in
-// either mode (each reaches the views watching that table, whichever mode
-// drained it), and a failed drain may have lost rows of either.
+// logSink passes what a detector of one of logModes tells it on to every
+// mode in logModes: a drain takes the rows of a table watched in either
+// mode, a doorbell reports a table that changelog's views may watch too (each
+// reaches the views watching that table, whichever mode saw it), and a
+// failed poll may have missed changes of either.
 type logSink struct{ changeSink }
 
 func (s logSink) SourceChanged(_ string, src config.QualifiedName, at, seen time.Time) bool {
@@ -93,16 +98,16 @@ func (e *Engine) pollerSink(mode string) changeSink {
 	return e
 }
 
-// changelogDetector drains refresherd.changelog, which the changelog and
-// notify triggers append to (see sql/schema.sql). The changelog mode polls
-// it; the notify mode's doorbell detector is the same drain, arming the
-// doorbell first.
+// changelogDetector drains refresherd.changelog, which the changelog
+// trigger (and notify's of earlier versions) append to (see sql/schema.sql).
+// The changelog mode polls it; the notify mode's doorbell detector runs the
+// same drain in its poll, arming the earlier versions' doorbell first.
 type changelogDetector struct {
 	pool *pgxpool.Pool
 	log  *zap.Logger
 	// detection is the mode the detector serves: its sentinel's name.
 	detection string
-	// arm: arm the doorbell before each drain (notify).
+	// arm: arm the earlier versions' doorbell before each drain (notify).
 	arm bool
 
 	drainedSinceVacuum int64

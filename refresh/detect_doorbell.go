@@ -2,6 +2,7 @@ package refresh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -103,8 +104,9 @@ type doorbellDetector struct {
 	// watch holds the transactions running at an arm that found doorbells
 	// disarmed, until they end.
 	watch map[int64]*watchedXact
-	// missing: doorbells found missing, warned about once.
-	missing map[config.QualifiedName]bool
+	// failed: the last poll failed, maybe after its arm (a sequence is not
+	// transactional), so what it found disarmed is unknown.
+	failed bool
 }
 
 // watchedXact is a transaction that may have written tables without
@@ -131,7 +133,7 @@ func (d *doorbellDetector) blindSince(lastGood time.Time) time.Time { return las
 func (d *doorbellDetector) reset() {
 	d.armedAt = map[config.QualifiedName]time.Time{}
 	d.watch = map[int64]*watchedXact{}
-	d.missing = map[config.QualifiedName]bool{}
+	d.failed = false
 }
 
 func (d *doorbellDetector) timeout() time.Duration { return d.legacy.timeout() }
@@ -160,6 +162,7 @@ func (d *doorbellDetector) poll(ctx context.Context, r pollRound, sink changeSin
 	})
 	d.legacy.queueDrain(b, &drain)
 	if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
+		d.failed = true
 		return pollResult{}, fmt.Errorf("poll doorbells: %w", err)
 	}
 	seen := time.Now()
@@ -182,22 +185,33 @@ func (d *doorbellDetector) poll(ctx context.Context, r pollRound, sink changeSin
 		}
 	}
 	res, err := d.legacy.drained(ctx, &drain, seen, sink)
+	for k, i := range found {
+		if values[k] < 0 {
+			// Its trigger rings at every statement meanwhile.
+			if cerr := ensureDoorbell(ctx, d.pool, r.sources[i-1]); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("poll doorbells: %w", cerr))
+			}
+		}
+	}
 
 	still := make(map[int64]*watchedXact, len(unchanged))
 	for _, x := range unchanged {
 		still[x] = d.watch[x]
 	}
 	d.watch = still
-	if r.prev.IsZero() {
+	if r.prev.IsZero() || d.failed {
 		// A writer may have found a doorbell disarmed before this watch
-		// began, and the arm that re-armed it (by an earlier leader) be
-		// gone with its watch: every table may have such a writer. The
-		// poller catches up for one that committed before this poll.
-		res.lost = true
+		// began, and the arm that re-armed it (by an earlier leader, or a
+		// poll of ours that failed after it) be gone with its findings:
+		// every table may have such a writer. The poller catches up for
+		// one that committed before this poll (for a failed poll, it
+		// declared the views blind).
+		res.lost = res.lost || r.prev.IsZero()
 		for _, src := range r.sources {
 			rung[src] = true
 		}
 	}
+	d.failed = false
 	for k, x := range writers {
 		var wrote []config.QualifiedName
 		if i := locked[k]; i > 0 {
@@ -233,17 +247,13 @@ func (d *doorbellDetector) poll(ctx context.Context, r pollRound, sink changeSin
 func (d *doorbellDetector) ringAt(src config.QualifiedName, value int64, start, seen time.Time) time.Time {
 	prev, armed := d.armedAt[src]
 	if value < 0 {
-		if !d.missing[src] {
-			d.missing[src] = true
-			d.log.Warn("the doorbell sequence of a table is missing: its trigger notifies at every statement and each poll reports the table as changed; the next leadership term recreates it",
-				zap.Stringer("table", src), zap.String("sequence", doorbellName(src).Sanitize()))
-		}
+		d.log.Warn("the doorbell sequence of a table was missing (its trigger notified at every statement meanwhile); recreating it",
+			zap.Stringer("table", src), zap.String("sequence", doorbellName(src).Sanitize()))
 		if armed {
 			return prev
 		}
 		return start
 	}
-	delete(d.missing, src)
 	at := time.UnixMicro(value)
 	if armed && at.Before(prev) {
 		at = prev

@@ -262,7 +262,21 @@ func TestDoorbell(t *testing.T) {
 	if err := otx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	expectNothing(t, d, prev, "poll after the other database's commit")
+	prev = expectNothing(t, d, prev, "poll after the other database's commit")
+
+	// The trigger's condition depends on the doorbell: it cannot be
+	// dropped alone. Dropped with the trigger, the next poll reports the
+	// table (anything may have been written meanwhile) and recreates the
+	// doorbell, armed; the poll after that reports nothing.
+	if _, err := pool.Exec(ctx, `DROP SEQUENCE `+doorbellName(srcName).Sanitize()); err == nil {
+		t.Fatal("dropped the doorbell under its trigger")
+	}
+	mustExec(t, pool, `DROP SEQUENCE `+doorbellName(srcName).Sanitize()+` CASCADE`)
+	_, evs, prev = pollOnce(t, d, prev)
+	if len(evs) != 1 || evs[0].src != srcName || !armed(t, pool, "src") {
+		t.Fatalf("poll with no doorbell: events %+v, want one change of public.src, and the doorbell back, armed", evs)
+	}
+	expectNothing(t, d, prev, "poll after the doorbell was recreated")
 }
 
 // TestDoorbellWatchStartsBlind: a writer found the doorbell disarmed before

@@ -14,13 +14,13 @@ import (
 )
 
 // notifyDetector is the notify change detection mode. The notify trigger
-// appends to the change log as changelog's does and rings a doorbell (a
-// NOTIFY) only when the daemon has armed it (see sql/schema.sql), so few
-// commits notify. The doorbell poller re-arms it and drains the log at
-// every ring, and every poll_interval as the fallback for a ring that
-// never came (its writer rolled back, or found the doorbell disarmed and
-// committed after the drain that another's ring caused). Rings reach the
-// term's one LISTEN connection. That
+// only rings its table's doorbell (a NOTIFY), and only when the daemon has
+// armed it (see notify_ring() in sql/schema.sql), so few commits notify and
+// none writes a log. The doorbell poller (doorbellDetector) re-arms every
+// doorbell and works out what changed at every ring, and every
+// poll_interval as the fallback for a ring that never came (its writer
+// rolled back, or the listener was away). Rings reach the term's one LISTEN
+// connection. That
 // connection is also the term's wake-up: after its first LISTEN the term
 // starts (no change can fall between the LISTEN and the start-up
 // catch-up), and it carries manual requests passed on by followers.

@@ -160,9 +160,9 @@ func ensureUniqueIndex(ctx context.Context, tx pgx.Tx, v *config.View) error {
 func indexName(view string) string { return relation.CutName(view, "_refresherd_key") }
 
 // Names of the changelog detector's trigger and function (the notify ones
-// are in package sql). Each mode has its own trigger name; both append to
-// the one change log, so a table watched by views of both modes needs only
-// the notify trigger, which also rings the doorbell.
+// are in package sql). Each mode has its own trigger name; a table watched
+// by views of both modes needs only the notify trigger, whose detector
+// reports to both modes.
 const (
 	ChangelogTrigger  = "refresherd_changelog"
 	changelogFunction = "changelog_append"
@@ -222,15 +222,17 @@ func checkSource(ctx context.Context, tx pgx.Tx, src config.QualifiedName, watch
 
 // EnsureTriggers makes the daemon's triggers on every table match what all
 // views need together: on each source table, the union of the triggers of
-// the views watching it, where the notify trigger covers changelog's (both
-// append to the change log: a table watched in both modes gets the notify
-// trigger only); a daemon trigger that no view needs is dropped, also from
+// the views watching it, where the notify trigger covers changelog's (the
+// notify detector reports its tables to both modes: a table watched in both
+// modes gets the notify trigger only); a daemon trigger that no view needs
+// is dropped, with its doorbell, also from
 // tables no view lists any more. Each table is handled in its own
 // transaction, so one missing or busy table does not hold up the others;
 // their errors are returned joined (each view's set-up reports its own
 // table's problem too).
-// Triggers are recognised by name and function, so a user's trigger is
-// never dropped.
+// Triggers are recognised by name and function (or the function of an
+// earlier version, whose trigger is replaced), so a user's trigger is never
+// dropped.
 func EnsureTriggers(ctx context.Context, pool *pgxpool.Pool, views []config.View) error {
 	want := map[config.QualifiedName]map[string]bool{}
 	var tables []config.QualifiedName
@@ -363,15 +365,20 @@ func syncTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig 
 				return err
 			}
 		}
-		args := ""
+		args, when := "", ""
 		if trig.doorbell {
 			if err := ensureDoorbell(ctx, tx, src); err != nil {
 				return err
 			}
+			// Only a writer that finds the doorbell armed calls the
+			// function: the condition is evaluated by the executor, bound
+			// to the sequence when the trigger is created, and spares the
+			// others a PL/pgSQL call (most of what the trigger cost them).
 			args = quoteLiteral(arg)
+			when = " WHEN (pg_catalog.pg_sequence_last_value(" + args + "::pg_catalog.regclass) IS NULL)"
 		}
 		if _, err := tx.Exec(ctx, "CREATE TRIGGER "+name+" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "+
-			src.Sanitized()+" FOR EACH STATEMENT EXECUTE FUNCTION "+fn+"("+args+")"); err != nil {
+			src.Sanitized()+" FOR EACH STATEMENT"+when+" EXECUTE FUNCTION "+fn+"("+args+")"); err != nil {
 			return fmt.Errorf("create trigger %s on %s: %w", trig.name, src, err)
 		}
 	case found.exists && found.ours:
@@ -395,7 +402,8 @@ type foundTrigger struct {
 }
 
 // lookUpTrigger looks for a trigger named as trig on src; current means it
-// calls trig's function with the one argument arg (none if arg is empty).
+// calls trig's function with the one argument arg and a condition (none of
+// either if arg is empty).
 func lookUpTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig detectorTrigger, arg string) (foundTrigger, error) {
 	fn := pgx.Identifier{dbsql.SchemaName, trig.function}.Sanitize() + "()"
 	legacy := ""
@@ -405,8 +413,8 @@ func lookUpTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, tri
 	var f foundTrigger
 	if err := tx.QueryRow(ctx, `SELECT count(*) > 0,
 			coalesce(bool_and(t.tgfoid IN (to_regprocedure($3), coalesce(to_regprocedure(nullif($4, '')), 0))), false),
-			coalesce(bool_and(t.tgfoid = to_regprocedure($3) AND t.tgargs = CASE WHEN $5 = '' THEN ''::bytea
-				ELSE pg_catalog.convert_to($5, 'UTF8') || '\x00'::bytea END), false)
+			coalesce(bool_and(t.tgfoid = to_regprocedure($3) AND CASE WHEN $5 = '' THEN t.tgargs = ''::bytea
+				ELSE t.tgargs = pg_catalog.convert_to($5, 'UTF8') || '\x00'::bytea AND t.tgqual IS NOT NULL END), false)
 			FROM pg_catalog.pg_trigger t
 			WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2`, src.Sanitized(), trig.name, fn, legacy, arg).Scan(&f.exists, &f.ours, &f.current); err != nil {
 		return f, fmt.Errorf("look up trigger %s on %s: %w", trig.name, src, err)
@@ -424,7 +432,8 @@ func doorbellName(src config.QualifiedName) pgx.Identifier {
 // ensureDoorbell creates src's doorbell unless it exists: armed (a new
 // sequence is not called), UNLOGGED from PostgreSQL 15 (no WAL at each arm
 // and ring; crash recovery resets it to armed), owned by the daemon's role.
-func ensureDoorbell(ctx context.Context, tx pgx.Tx, src config.QualifiedName) error {
+// A concurrent creation (two replicas) fails one of them; it is retried.
+func ensureDoorbell(ctx context.Context, tx querier, src config.QualifiedName) error {
 	var exists, unlogged bool
 	if err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL, current_setting('server_version_num')::int >= 150000`,
 		doorbellName(src).Sanitize()).Scan(&exists, &unlogged); err != nil {
@@ -440,7 +449,17 @@ func ensureDoorbell(ctx context.Context, tx pgx.Tx, src config.QualifiedName) er
 	if _, err := tx.Exec(ctx, create+doorbellName(src).Sanitize()); err != nil {
 		return fmt.Errorf("create the doorbell of %s: %w", src, err)
 	}
+	// The trigger's condition reads it as the writer's role.
+	if _, err := tx.Exec(ctx, "GRANT SELECT ON SEQUENCE "+doorbellName(src).Sanitize()+" TO PUBLIC"); err != nil {
+		return fmt.Errorf("let writers read the doorbell of %s: %w", src, err)
+	}
 	return nil
+}
+
+// querier is a transaction or a pool.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // quoteLiteral quotes s as an SQL string literal (a trigger's argument

@@ -39,12 +39,11 @@ CREATE TABLE IF NOT EXISTS refresherd.refresh_log (
 CREATE INDEX IF NOT EXISTS refresh_log_view_finished_idx
     ON refresherd.refresh_log (view_name, finished_at);
 
--- Change log for change_detection changelog and notify. A statement trigger
--- on each watched table appends one row per statement; the daemon drains
--- the log with one DELETE ... RETURNING per poll, so a row committed after
--- the poll's snapshot stays for the next poll. The changelog trigger never
--- notifies, and the notify trigger only rarely (the doorbell below):
--- committing writers do not serialise on the notification queue's lock.
+-- Change log for change_detection changelog (and notify before per-table
+-- doorbells). A statement trigger on each watched table appends one row per
+-- statement; the daemon drains the log with one DELETE ... RETURNING per
+-- poll, so a row committed after the poll's snapshot stays for the next
+-- poll. The changelog trigger never notifies.
 -- UNLOGGED: no WAL for writers to pay; the price is that crash recovery
 -- empties it, which the daemon detects (detector_sentinel below) and answers
 -- with a catch-up refresh.
@@ -98,9 +97,12 @@ $$;
 -- Writers reach the function only through the trigger.
 REVOKE ALL ON FUNCTION refresherd.changelog_append() FROM PUBLIC;
 
--- The doorbell of change_detection notify: armed while the sequence is not
--- "called" (pg_sequence_last_value() is NULL). The daemon arms it before
--- each drain of the log; the notify trigger of a writer that finds it armed
+-- The doorbell of change_detection notify before per-table doorbells (kept
+-- for the triggers of such a version; the per-table ones, refresherd.
+-- doorbell_<hash>, work the same way, see notify_ring() below): armed while
+-- the sequence is not "called" (pg_sequence_last_value() is NULL). The
+-- daemon arms it before each drain of the log; the notify trigger of a
+-- writer that finds it armed
 -- disarms it (nextval) and notifies, so between two drains only the few
 -- writers that find it armed at about the same moment notify, and the
 -- others pay one read of the sequence for it. A sequence because it is not
@@ -158,12 +160,14 @@ REVOKE ALL ON FUNCTION refresherd.notify_change() FROM PUBLIC;
 -- The notify trigger function since the per-table doorbells: it only rings.
 -- Its argument names the doorbell of its table, an UNLOGGED sequence the
 -- daemon creates with the trigger (refresh/setup.go) and arms (setval to
--- not called) at each poll. A writer that finds its table's doorbell armed
+-- not called) at each poll. The trigger's WHEN condition calls it only
+-- when the doorbell is armed, so every other writer pays one read of the
+-- sequence, by the executor, and neither this PL/pgSQL call nor an insert:
+-- the change log and the call were most of what writers paid
+-- (docs/change-detection.md). Here, a writer that still finds it armed
 -- disarms it, writing its transaction's start in microseconds since the
 -- epoch (a lower bound of the commit of every writer that finds it disarmed
--- after, which the daemon dates the change at), and notifies. Every other
--- writer pays one lookup of the sequence and one read of it, and no insert:
--- the change log was most of the cost writers paid (docs/change-detection.md).
+-- after, which the daemon dates the change at), and notifies.
 -- No write is lost without a log: a writer that found the doorbell disarmed
 -- either committed before the daemon's next arm, which reports the table
 -- because it finds the doorbell disarmed, or was running then, and the
