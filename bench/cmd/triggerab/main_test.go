@@ -107,7 +107,7 @@ func TestSmoke(t *testing.T) {
 	if os.Getenv("REFRESHERD_BENCH_SMOKE") != "1" {
 		t.Skip("set REFRESHERD_BENCH_SMOKE=1 to run triggerab on a small data set (about half a minute)")
 	}
-	variants := []string{none, shipped, "ab_log_doorbell", "ab_empty", "ab_empty_sd", "ab_doorbell", "ab_doorbell_arg", "ab_before", "ab_oid_before"}
+	variants := []string{none, shipped, "ab_log_doorbell", "ab_ring_nowhen", "ab_empty", "ab_empty_sd", "ab_doorbell", "ab_doorbell_arg", "ab_before", "ab_oid_before"}
 	raw := t.TempDir() + "/runs.tsv"
 	var out strings.Builder
 	err := run(t.Context(), []string{"-charges", "5000", "-rounds", "2", "-duration", "1s", "-clients", "2",

@@ -53,6 +53,11 @@ END $$;
 -- The shipped trigger, as the daemon creates it (refresh/setup.go), with
 -- this file's doorbell (the daemon names it by a hash of the table's name).
 CREATE TRIGGER refresherd_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
+    FOR EACH STATEMENT
+    WHEN (pg_catalog.pg_sequence_last_value('refresherd.ab_doorbell_app_charge'::pg_catalog.regclass) IS NULL)
+    EXECUTE FUNCTION refresherd.notify_ring('refresherd.ab_doorbell_app_charge');
+-- The same without the WHEN condition: every writer calls the function.
+CREATE TRIGGER ab_ring_nowhen AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.app_charge
     FOR EACH STATEMENT EXECUTE FUNCTION refresherd.notify_ring('refresherd.ab_doorbell_app_charge');
 -- The trigger of the versions before per-table doorbells: the change log
 -- and one doorbell.
