@@ -544,6 +544,20 @@ func (ie *incEnv) freshRun(ctx context.Context, d *daemon, system, db string, ra
 		if err != nil {
 			return err
 		}
+		// Seen commits mean a refresh committed; the daemon counts and logs
+		// it a moment after its COMMIT returns, which the tracker may beat
+		// (a smoke run once counted 0 refreshes and no reader window).
+		for wait := time.Now().Add(5 * time.Second); (n1 == n0 || len(roundsSince(d, lines0)) == 0) &&
+			row.Summary.N > 0 && time.Now().Before(wait); {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+			}
+			if n1, sum1, err = d.durations(ctx); err != nil {
+				return err
+			}
+		}
 		cpu1, err := sysinfo.CPUTicks(d.p.PID())
 		if err != nil {
 			return err
