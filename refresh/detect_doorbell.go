@@ -76,13 +76,13 @@ FROM s`
 //   - A table whose doorbell it finds disarmed was written by its ringer,
 //     and maybe by writers that found it disarmed after; these did not
 //     ring. Their trigger ran after their statement's rows, so each already
-//     had a transaction ID when it read the doorbell, before this arm: it has
-//     either ended by the time the poll lists the running transactions,
-//     just after the arm, and the table is reported now, or it is on that
-//     list.
-//   - So when it found a doorbell disarmed, the detector watches the listed
-//     transactions until they end: one that commits is reported as a
-//     change to every table found disarmed at that arm.
+//     had a transaction ID, and a write lock on the table, when it read the
+//     doorbell, before this arm: it has either ended by the time the poll
+//     lists the transactions holding such a lock, just after the arm, and
+//     the table is reported now, or it is on that list.
+//   - So the detector watches the listed transactions of each table it
+//     found disarmed until they end: one that commits is reported as a
+//     change to those tables.
 //
 // A writer that finds the doorbell armed rings it, for the next poll.
 // Changes are dated at the ringer's transaction start (clamped to the
