@@ -43,9 +43,12 @@ SELECT coalesce(array_agg(i::int4 ORDER BY i), '{}'), coalesce(array_agg(v ORDER
 // alone: a commit is recorded a moment before it becomes visible, and the
 // refresh that follows the report must see it.
 const WatchXactsSQL = `WITH s AS MATERIALIZED (
-	SELECT pg_catalog.pg_current_snapshot() AS snap,
-		greatest(pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::int8 - 2147483648, 0) AS ref,
+	SELECT snap, greatest(pg_catalog.pg_snapshot_xmin(snap)::text::int8 - 2147483648, 0) AS ref,
 		(SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) AS db
+	FROM pg_catalog.pg_current_snapshot() AS snap
+), watched AS MATERIALIZED (
+	SELECT w.x, pg_catalog.pg_visible_in_snapshot(w.x::text::xid8, s.snap) AS ended
+	FROM s, unnest($1::int8[]) AS w(x)
 ), src AS (
 	SELECT pg_catalog.to_regclass(t.name) AS rel, t.i FROM unnest($2::text[]) WITH ORDINALITY AS t(name, i)
 ), running AS MATERIALIZED (
@@ -62,11 +65,9 @@ const WatchXactsSQL = `WITH s AS MATERIALIZED (
 SELECT
 	(SELECT coalesce(array_agg(s.ref + ((r.x - s.ref) % 4294967296 + 4294967296) % 4294967296 ORDER BY r.x, r.i), '{}') FROM running r),
 	(SELECT coalesce(array_agg(r.i::int4 ORDER BY r.x, r.i), '{}') FROM running r),
-	(SELECT coalesce(array_agg(w.x), '{}') FROM unnest($1::int8[]) AS w(x)
-		WHERE pg_catalog.pg_visible_in_snapshot(w.x::text::xid8, s.snap)
-			AND pg_catalog.pg_xact_status(w.x::text::xid8) IS DISTINCT FROM 'aborted'),
-	(SELECT coalesce(array_agg(w.x), '{}') FROM unnest($1::int8[]) AS w(x)
-		WHERE NOT pg_catalog.pg_visible_in_snapshot(w.x::text::xid8, s.snap))
+	(SELECT coalesce(array_agg(w.x), '{}') FROM watched w
+		WHERE w.ended AND pg_catalog.pg_xact_status(w.x::text::xid8) IS DISTINCT FROM 'aborted'),
+	(SELECT coalesce(array_agg(w.x), '{}') FROM watched w WHERE NOT w.ended)
 FROM s`
 
 // doorbellDetector is the poll of the notify mode: at each ring, and every
@@ -95,9 +96,9 @@ FROM s`
 // the trigger function of earlier versions (see changelogDetector), whose
 // replicas may run during a rolling upgrade.
 type doorbellDetector struct {
+	// legacy is the change log's drain; its pool and logger are the
+	// detector's.
 	legacy *changelogDetector
-	pool   *pgxpool.Pool
-	log    *zap.Logger
 	// armedAt is, per watched table, the start of the last poll that armed
 	// its doorbell.
 	armedAt map[config.QualifiedName]time.Time
@@ -120,7 +121,7 @@ type watchedXact struct {
 func newDoorbellDetector(pool *pgxpool.Pool, log *zap.Logger) *doorbellDetector {
 	legacy := newChangelogDetector(pool, log)
 	legacy.detection, legacy.arm = config.DetectNotify, true
-	d := &doorbellDetector{legacy: legacy, pool: pool, log: log}
+	d := &doorbellDetector{legacy: legacy}
 	d.reset()
 	return d
 }
@@ -161,7 +162,7 @@ func (d *doorbellDetector) poll(ctx context.Context, r pollRound, sink changeSin
 		return row.Scan(&writers, &locked, &ended, &unchanged)
 	})
 	d.legacy.queueDrain(b, &drain)
-	if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err := d.legacy.pool.SendBatch(ctx, b).Close(); err != nil {
 		d.failed = true
 		return pollResult{}, fmt.Errorf("poll doorbells: %w", err)
 	}
@@ -176,21 +177,23 @@ func (d *doorbellDetector) poll(ctx context.Context, r pollRound, sink changeSin
 		}
 	}
 	rung := map[config.QualifiedName]bool{}
+	var missing []config.QualifiedName
 	for k, i := range found {
 		src := r.sources[i-1]
 		rung[src] = true
-		at := d.ringAt(src, values[k], r.start, seen)
-		if !sink.SourceChanged(config.DetectNotify, src, at, seen) {
-			d.log.Debug("doorbell of a table no notify or changelog view watches", zap.Stringer("table", src))
+		if values[k] < 0 {
+			missing = append(missing, src)
+		}
+		if !sink.SourceChanged(config.DetectNotify, src, d.ringAt(src, values[k], r.start, seen), seen) {
+			d.legacy.log.Debug("doorbell of a table no notify or changelog view watches", zap.Stringer("table", src))
 		}
 	}
 	res, err := d.legacy.drained(ctx, &drain, seen, sink)
-	for k, i := range found {
-		if values[k] < 0 {
-			// Its trigger rings at every statement meanwhile.
-			if cerr := ensureDoorbell(ctx, d.pool, r.sources[i-1]); cerr != nil {
-				err = errors.Join(err, fmt.Errorf("poll doorbells: %w", cerr))
-			}
+	for _, src := range missing {
+		d.legacy.log.Warn("the doorbell sequence of a table was missing (its trigger notified at every statement meanwhile); recreating it",
+			zap.Stringer("table", src), zap.String("sequence", doorbellName(src).Sanitize()))
+		if cerr := ensureDoorbell(ctx, d.legacy.pool, src); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("poll doorbells: %w", cerr))
 		}
 	}
 
@@ -247,8 +250,6 @@ func (d *doorbellDetector) poll(ctx context.Context, r pollRound, sink changeSin
 func (d *doorbellDetector) ringAt(src config.QualifiedName, value int64, start, seen time.Time) time.Time {
 	prev, armed := d.armedAt[src]
 	if value < 0 {
-		d.log.Warn("the doorbell sequence of a table was missing (its trigger notified at every statement meanwhile); recreating it",
-			zap.Stringer("table", src), zap.String("sequence", doorbellName(src).Sanitize()))
 		if armed {
 			return prev
 		}

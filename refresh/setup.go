@@ -354,9 +354,8 @@ func syncTrigger(ctx context.Context, tx pgx.Tx, src config.QualifiedName, trig 
 	}
 	switch {
 	case want && found.current:
-		if trig.doorbell {
-			return ensureDoorbell(ctx, tx, src)
-		}
+		// Nothing to do; a current doorbell trigger's condition depends on
+		// its sequence, so that exists too.
 	case want && found.exists && !found.ours:
 		return fmt.Errorf("trigger %s on %s exists but does not call %s(): refresherd will not replace it", trig.name, src, fn)
 	case want:
