@@ -26,11 +26,12 @@ import (
 
 // Change detection modes.
 const (
-	// DetectNotify: a statement trigger appends a row to the change log, as
-	// changelog's does, and does pg_notify only when the daemon has armed
-	// a doorbell, which the first such writer disarms; the daemon LISTENs,
-	// and at each ring (at the latest every poll_interval) re-arms it and
-	// drains the log.
+	// DetectNotify: a statement trigger does pg_notify only when the daemon
+	// has armed its table's doorbell, which the first such writer disarms;
+	// the daemon LISTENs and, at a ring (answered at once after a quiet
+	// spell, every 200 ms at most under a stream of writes) and every
+	// poll_interval as the fallback, re-arms it and works out what
+	// changed.
 	DetectNotify = "notify"
 	// DetectChangelog: a statement trigger appends a row to an UNLOGGED log
 	// table that the daemon drains every poll_interval; no NOTIFY, so
@@ -68,8 +69,7 @@ const IncrementalDebounce = 50 * time.Millisecond
 const DefaultMaxLoad = 0.9
 
 // DefaultPollInterval is how often the changelog and stats detectors poll
-// (and notify's drains the log when no ring came) when poll_interval is not
-// set.
+// (and notify's when no ring came) when poll_interval is not set.
 const DefaultPollInterval = 200 * time.Millisecond
 
 // minPollInterval keeps a typo such as 1us from turning a poller into a
@@ -137,8 +137,9 @@ type Settings struct {
 	Concurrently     bool
 	ChangeDetection  string
 	// PollInterval is how often the changelog and stats detectors poll,
-	// and notify's drains the change log when no ring came (its fallback);
-	// unused by none. Each detector polls at the shortest interval among
+	// and notify's when no ring came (its fallback; a shorter one also
+	// lets it answer rings under a stream of writes more often than every
+	// 200 ms); unused by none. Each detector polls at the shortest interval among
 	// the views that use it.
 	PollInterval time.Duration
 	// RefreshUnchanged makes scheduled ticks refresh even when no change was

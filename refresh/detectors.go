@@ -165,8 +165,8 @@ type poller struct {
 	// polled, when set, is told of every successful poll (tests wait on it).
 	polled func()
 	// wake, when set, is the doorbell: a receive from it starts the next
-	// poll before it is due, but no sooner than ringGap after the start of
-	// a poll that a ring started too.
+	// poll before it is due, but no sooner than min(every, ringGap) after
+	// the start of a poll that a ring started too (see next).
 	wake    <-chan struct{}
 	ringGap time.Duration
 }
@@ -256,10 +256,13 @@ func (p *poller) run(ctx context.Context) {
 
 // next waits for the next poll after the successful one that started at
 // start: due every later, or when the doorbell rings. It returns whether
-// the doorbell started it, and false for ok once ctx ends. Under a steady
-// stream of writes each re-arm is rung at once: the gap after a rung poll
-// bounds the polls (and the few notifying commits each re-arm lets through)
-// to one per ringGap, while a ring after a quiet spell is answered at once.
+// the doorbell started it, and false for ok once ctx ends. A ring after a
+// quiet spell is answered at once. Under a steady stream of writes each
+// re-arm is rung at once, so a ring that follows a rung poll waits until
+// min(every, ringGap) after that poll's start: the polls (and the few
+// notifying commits each re-arm lets through) come at most that often,
+// which is what writers pay for, while the debounce, not detection,
+// decides when a refresh starts.
 func (p *poller) next(ctx context.Context, start time.Time, every time.Duration, rung bool) (ringing, ok bool) {
 	due := time.NewTimer(time.Until(start.Add(every)))
 	defer due.Stop()
@@ -270,7 +273,7 @@ func (p *poller) next(ctx context.Context, start time.Time, every time.Duration,
 		return false, true
 	case <-p.wake: // never, for a nil channel
 	}
-	if rung && !sleep(ctx, time.Until(start.Add(p.ringGap))) {
+	if rung && !sleep(ctx, time.Until(start.Add(min(every, p.ringGap)))) {
 		return false, false
 	}
 	return true, true

@@ -104,12 +104,13 @@ const (
 	// looks again this soon.
 	upstreamSetupWait = 200 * time.Millisecond
 	// doorbellRingGap: under a steady stream of writes, notify's doorbell
-	// is rung as soon as it is re-armed; its drains come at most this
-	// often then, which is also the most they add to a change's detection.
-	// Each drain costs about 0.1 ms of database time plus 2 us per row, and
-	// the daemon about 1 ms of CPU (with 20 ms, the daemon used 3% of a CPU
-	// more than changelog's at 50 commits/s; docs/change-detection.md). A
-	// ring after a quiet spell is answered at once, and under sustained
-	// writes the debounce, not detection, decides when a refresh starts.
-	doorbellRingGap = 50 * time.Millisecond
+	// is rung as soon as it is re-armed; its polls then come at most every
+	// min(poll_interval, this), which is also the most they add to a
+	// change's detection (hidden by the debounce: a change is dated at its
+	// ringer, not at the poll). Each poll costs about 1.5 ms of database
+	// CPU (reading pg_locks takes the lock manager's partition locks) and
+	// 1 ms of the daemon's: at 50 ms, its 20 polls a second cost writers
+	// at 32 clients more than the trigger did (docs/change-detection.md).
+	// A ring after a quiet spell is answered at once.
+	doorbellRingGap = 200 * time.Millisecond
 )
