@@ -48,7 +48,7 @@ func (e *Engine) notifyDetector(t *term) *notifyDetector {
 	}
 	log := e.log.Named("detector").With(zap.String("change_detection", config.DetectNotify))
 	d.doorbell = e.newPoller(newDoorbellDetector(e.pool, log), log)
-	d.doorbell.wake, d.doorbell.ringGap = d.wake, doorbellRingGap
+	d.doorbell.wake, d.doorbell.ringGap, d.doorbell.streamWindow = d.wake, doorbellRingGap, doorbellStreamWindow
 	first := true
 	d.listener = &Listener{
 		ConnConfig: e.sessionCfg,

@@ -244,34 +244,40 @@ func TestWatchPlan(t *testing.T) {
 	}
 }
 
-// TestPollerNextRingGap: a ring after a poll the timer started is answered
-// at once; one after a poll a ring started waits until min(every, ringGap)
-// after that poll's start, so a stream of rings cannot poll faster. Waits
-// are bounded from below only, or by an hour that the 10 s context would
-// cut short: a slow machine cannot fail them.
+// TestPollerNextRingGap: a ring after a poll the timer started, or one that
+// comes later than the stream window after a rung poll, is answered at
+// once; one within the window after a rung poll waits until min(every,
+// ringGap) after that poll's start, so a stream of rings cannot poll
+// faster. Waits are bounded from below only, or by an hour that the 10 s
+// context would cut short: a slow machine cannot fail them.
 func TestPollerNextRingGap(t *testing.T) {
 	cases := []struct {
-		name        string
-		every, gap  time.Duration
-		rung, ring  bool
-		wantRinging bool
-		minWait     time.Duration
+		name            string
+		every, gap, win time.Duration
+		rung            bool
+		ringAfter       time.Duration // -1: no ring
+		wantRinging     bool
+		minWait         time.Duration
 	}{
-		{name: "ring after a timed poll: at once, not after the gap", every: time.Hour, gap: time.Hour, ring: true, wantRinging: true},
-		{name: "ring after a rung poll: after the gap", every: time.Hour, gap: 150 * time.Millisecond, rung: true, ring: true, wantRinging: true, minWait: 150 * time.Millisecond},
-		{name: "ring after a rung poll, poll_interval shorter than the gap", every: 60 * time.Millisecond, gap: time.Hour, rung: true, ring: true, wantRinging: true, minWait: 60 * time.Millisecond},
-		{name: "no ring: the fallback", every: 80 * time.Millisecond, gap: 10 * time.Millisecond, rung: true, minWait: 80 * time.Millisecond},
+		{name: "ring after a timed poll: at once, not after the gap", every: time.Hour, gap: time.Hour, win: time.Hour, wantRinging: true},
+		{name: "ring at once after a rung poll: after the gap", every: time.Hour, gap: 150 * time.Millisecond, win: time.Hour, rung: true, wantRinging: true, minWait: 150 * time.Millisecond},
+		{name: "ring at once after a rung poll, poll_interval shorter than the gap", every: 60 * time.Millisecond, gap: time.Hour, win: time.Hour, rung: true, wantRinging: true, minWait: 60 * time.Millisecond},
+		{name: "ring after a rung poll, later than the window: at once", every: time.Hour, gap: time.Hour, win: 20 * time.Millisecond, rung: true, ringAfter: 60 * time.Millisecond, wantRinging: true, minWait: 60 * time.Millisecond},
+		{name: "no ring: the fallback", every: 80 * time.Millisecond, gap: 10 * time.Millisecond, win: time.Hour, rung: true, ringAfter: -1, minWait: 80 * time.Millisecond},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			wake := make(chan struct{}, 1)
-			if tc.ring {
+			switch {
+			case tc.ringAfter == 0:
 				wake <- struct{}{}
+			case tc.ringAfter > 0:
+				time.AfterFunc(tc.ringAfter, func() { wake <- struct{}{} })
 			}
 			start := time.Now()
-			ringing, ok := (&poller{wake: wake, ringGap: tc.gap}).next(ctx, start, tc.every, tc.rung)
+			ringing, ok := (&poller{wake: wake, ringGap: tc.gap, streamWindow: tc.win}).next(ctx, start, tc.every, tc.rung)
 			if waited := time.Since(start); !ok || ringing != tc.wantRinging || waited < tc.minWait {
 				t.Fatalf("next = (ringing %v, ok %v) after %s, want (%v, true) after at least %s", ringing, ok, waited, tc.wantRinging, tc.minWait)
 			}
@@ -280,7 +286,7 @@ func TestPollerNextRingGap(t *testing.T) {
 	t.Run("ends with its context", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		if _, ok := (&poller{ringGap: time.Hour}).next(ctx, time.Now(), time.Hour, true); ok {
+		if _, ok := (&poller{ringGap: time.Hour, streamWindow: time.Hour}).next(ctx, time.Now(), time.Hour, true); ok {
 			t.Fatal("next went on after its context ended")
 		}
 	})

@@ -166,9 +166,11 @@ type poller struct {
 	polled func()
 	// wake, when set, is the doorbell: a receive from it starts the next
 	// poll before it is due, but no sooner than min(every, ringGap) after
-	// the start of a poll that a ring started too (see next).
-	wake    <-chan struct{}
-	ringGap time.Duration
+	// the start of a poll that a ring started too, when it came within
+	// streamWindow of that poll's end (see next).
+	wake         <-chan struct{}
+	ringGap      time.Duration
+	streamWindow time.Duration
 }
 
 func (p *poller) mode() string { return p.d.mode() }
@@ -256,14 +258,16 @@ func (p *poller) run(ctx context.Context) {
 
 // next waits for the next poll after the successful one that started at
 // start: due every later, or when the doorbell rings. It returns whether
-// the doorbell started it, and false for ok once ctx ends. A ring after a
-// quiet spell is answered at once. Under a steady stream of writes each
-// re-arm is rung at once, so a ring that follows a rung poll waits until
-// min(every, ringGap) after that poll's start: the polls (and the few
-// notifying commits each re-arm lets through) come at most that often,
-// which is what writers pay for, while the debounce, not detection,
-// decides when a refresh starts.
+// the doorbell started it, and false for ok once ctx ends. Under a steady
+// stream of writes each re-arm is rung at once (or was rung during the
+// poll): a ring that comes within streamWindow of the end of a poll that a
+// ring started waits until min(every, ringGap) after that poll's start, so
+// the polls (and the few notifying commits each re-arm lets through) come
+// at most that often when writers keep the database busy, which is when
+// they pay for them; the debounce, not detection, decides when a refresh
+// starts then. Any other ring, such as a lone write's, is answered at once.
 func (p *poller) next(ctx context.Context, start time.Time, every time.Duration, rung bool) (ringing, ok bool) {
+	polled := time.Now()
 	due := time.NewTimer(time.Until(start.Add(every)))
 	defer due.Stop()
 	select {
@@ -273,7 +277,8 @@ func (p *poller) next(ctx context.Context, start time.Time, every time.Duration,
 		return false, true
 	case <-p.wake: // never, for a nil channel
 	}
-	if rung && !sleep(ctx, time.Until(start.Add(min(every, p.ringGap)))) {
+	stream := rung && time.Since(polled) < p.streamWindow
+	if stream && !sleep(ctx, time.Until(start.Add(min(every, p.ringGap)))) {
 		return false, false
 	}
 	return true, true

@@ -111,6 +111,10 @@ const (
 	// CPU (reading pg_locks takes the lock manager's partition locks) and
 	// 1 ms of the daemon's: at 50 ms, its 20 polls a second cost writers
 	// at 32 clients more than the trigger did (docs/change-detection.md).
-	// A ring after a quiet spell is answered at once.
 	doorbellRingGap = 200 * time.Millisecond
+	// doorbellStreamWindow: a ring within this of the end of a rung poll
+	// is taken for a stream and waits for the ring gap; a later one (a
+	// lone write's) is answered at once. Writers that keep the database
+	// busy ring within a few ms of each re-arm.
+	doorbellStreamWindow = 50 * time.Millisecond
 )
