@@ -137,10 +137,9 @@ type Settings struct {
 	Concurrently     bool
 	ChangeDetection  string
 	// PollInterval is how often the changelog and stats detectors poll,
-	// and notify's when no ring came (its fallback; a shorter one also
-	// lets it answer rings under a stream of writes more often than every
-	// 200 ms); unused by none. Each detector polls at the shortest interval among
-	// the views that use it.
+	// and notify's when no ring came (its fallback; one under 200 ms also
+	// lets it answer a stream of rings that often); unused by none. Each
+	// detector polls at the shortest interval among the views that use it.
 	PollInterval time.Duration
 	// RefreshUnchanged makes scheduled ticks refresh even when no change was
 	// seen since the last refresh.

@@ -87,7 +87,7 @@ func parse(args []string) (options, error) {
 	variants := fs.String("variants", "none,refresherd_notify,ab_empty,ab_doorbell", "none (no trigger) and the triggers on public.app_charge to enable one at a time")
 	sqlFile := fs.String("sql", "", "SQL creating the variants, disabled (default: the embedded variants.sql)")
 	raw := fs.String("raw", "", "also write every run as round, clients, variant, TPS (tab-separated) to this file")
-	armEvery := fs.Duration("arm-every", 0, "during every run, do a daemon's work at this interval (the daemon's ring gap is 50ms): re-arm every doorbell with a snapshot read, drain the change log; 0: no daemon work")
+	armEvery := fs.Duration("arm-every", 0, "during every run, do a daemon's work at this interval (under a stream of writes the daemon polls every 200ms): re-arm every doorbell with a snapshot read, drain the change log; 0: no daemon work")
 	from := fs.String("from", "", "run nothing: pool these -raw files (comma-separated; each file's rounds are rounds of their own) and print their summary for -variants and -clients")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
