@@ -308,6 +308,74 @@ func TestDoorbellWatchStartsBlind(t *testing.T) {
 	expectOneChange(t, d, start, start, "the writer's commit")
 }
 
+// TestDoorbellPollFailsAfterItsArm: a poll whose arm ran but whose batch
+// then failed (here its change-log drain waits on a row lock past the
+// poll's deadline; a sequence is not transactional, so the arm stays)
+// loses what it found: the ringer, and the writer that found the doorbell
+// disarmed and still runs. The ringer is the poller's to catch up (it
+// declares the views blind from the last good poll). The writer is this
+// detector's: the next poll, which finds the doorbell armed, still watches
+// every writer of the table, so the writer's commit is reported.
+func TestDoorbellPollFailsAfterItsArm(t *testing.T) {
+	ctx := context.Background()
+	pool, d := logSetup(t, config.DetectNotify)
+	_, _, prev := pollOnce(t, d, time.Time{})
+	mustInsert(t, pool, "src") // rings, disarms
+	writer, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = writer.Rollback(ctx) }()
+	if _, err := writer.Exec(ctx, `INSERT INTO public.src VALUES (1, 1)`); err != nil {
+		t.Fatal(err)
+	}
+
+	// A log row of a table no view reads, locked: the drain's DELETE
+	// waits for it when it runs, after the arm (a table lock would stop a
+	// new connection earlier, when it prepares the DELETE).
+	mustExec(t, pool, `INSERT INTO refresherd.changelog (source_schema, source_table) VALUES ('public', 'other')`)
+	locker, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = locker.Rollback(ctx) }()
+	if _, err := locker.Exec(ctx, `SELECT FROM refresherd.changelog FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	sink := &recordingSink{}
+	_, err = d.poll(pctx, pollRound{start: time.Now(), prev: prev, sources: []config.QualifiedName{srcName}}, sink)
+	cancel()
+	if err == nil {
+		t.Fatal("the poll succeeded with the change log locked")
+	}
+	if evs := sink.take(); len(evs) != 0 || !armed(t, pool, "src") {
+		t.Fatalf("failed poll: events %v, armed %v; want none and the doorbell armed (the arm ran)", kindsOf(evs), armed(t, pool, "src"))
+	}
+	if err := locker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	srcEvents := func(evs []sinkEvent) []sinkEvent {
+		var out []sinkEvent
+		for _, ev := range evs {
+			if ev.src == srcName {
+				out = append(out, ev)
+			}
+		}
+		return out
+	}
+	_, evs, sawRunning := pollOnce(t, d, prev) // also drains the other table's row
+	if evs = srcEvents(evs); len(evs) != 0 {
+		t.Fatalf("poll after the failed one, the writer still running: events %+v, want none of public.src", evs)
+	}
+	if err := writer.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	prev = expectOneChange(t, d, sawRunning, sawRunning, "the writer's commit")
+	expectNothing(t, d, prev, "poll after that")
+}
+
 // TestDoorbellWritersNeverConflict: the doorbell is a sequence, read and
 // advanced outside any snapshot, so writers at REPEATABLE READ and
 // SERIALIZABLE never fail on it. A flag row would: a transaction whose
