@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -72,14 +73,22 @@ func TestLockContention(t *testing.T) {
 	t.Logf("at most %d daemon REFRESH of the view at a time over %d samples", maxConcurrent, samples)
 
 	errs := refreshes(t, p, "error") - errorsBefore
-	var failedAt []time.Time
+	// Each failed attempt's end (its log line) and start (minus its
+	// duration): a gap runs from one's end to the next one's start, the
+	// retry's wait alone, without the lock wait, whose length varies with
+	// the machine's load.
+	var failedAt, startedAt []time.Time
 	for _, l := range logsAfter(p, from) {
 		if isFailure(l) {
 			at, err := logTime(l)
 			if err != nil {
 				t.Fatal(err)
 			}
-			failedAt = append(failedAt, at)
+			took, err := time.ParseDuration(fmt.Sprint(l["duration"]))
+			if err != nil {
+				t.Fatalf("failure logged without a valid duration: %v", l)
+			}
+			failedAt, startedAt = append(failedAt, at), append(startedAt, at.Add(-took))
 			if e, _ := l["error"].(string); !strings.Contains(e, "lock timeout") {
 				t.Errorf("refresh failed for another reason than the lock: %s", e)
 			}
@@ -87,7 +96,7 @@ func TestLockContention(t *testing.T) {
 	}
 	var gaps []time.Duration
 	for i := 1; i < len(failedAt); i++ {
-		gaps = append(gaps, failedAt[i].Sub(failedAt[i-1]).Round(time.Millisecond))
+		gaps = append(gaps, startedAt[i].Sub(failedAt[i-1]).Round(time.Millisecond))
 	}
 	t.Logf("%v failed attempts in %v of contention (result=\"error\"), gaps between them %v", errs, time.Since(start).Round(time.Millisecond), gaps)
 	if errs < 4 || len(failedAt) < 4 {
