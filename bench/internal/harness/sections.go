@@ -400,7 +400,17 @@ func (s *sizeEnv) track(ctx context.Context, sp trackSpec) (trackOut, error) {
 
 	waitCtx, wait := context.WithDeadline(ctx, sp.end.Add(sp.wait))
 	seen := make(chan error, 1)
-	go func() { seen <- tr.WaitAllSeen(waitCtx) }()
+	go func() {
+		if sp.stopAtEnd {
+			// A write in flight at the end reports its commit when it
+			// returns: every commit must be tracked before "all seen".
+			select {
+			case <-wDone:
+			case <-waitCtx.Done():
+			}
+		}
+		seen <- tr.WaitAllSeen(waitCtx)
+	}()
 	var runErr error
 	select {
 	case err := <-seen:
@@ -627,8 +637,13 @@ func (s *sizeEnv) cronWait() time.Duration {
 
 // quickCronAndIdle is quick mode's pg_cron sample: one database per rate,
 // written at the same time from now until the next minute boundary, where
-// pg_cron's tick refreshes both; the writes stop at the tick. Meanwhile the
-// daemon, whose database sees no change, is measured idle.
+// pg_cron's tick refreshes both; the writes stop cronStopBefore the tick, so
+// that none is in flight at its snapshot (one that commits after it is seen
+// only at the next tick, a minute later). Meanwhile the daemon, whose
+// database sees no change, is measured idle.
+// cronStopBefore: quick mode's writes stop this long before pg_cron's tick.
+const cronStopBefore = 2 * time.Second
+
 func (s *sizeEnv) quickCronAndIdle(ctx context.Context) error {
 	s.logf("-- pg_cron (one tick) and idle")
 	if !s.cronOK {
@@ -636,7 +651,7 @@ func (s *sizeEnv) quickCronAndIdle(ctx context.Context) error {
 	}
 	now := time.Now()
 	end := nextMinute(now)
-	if end.Sub(now) < s.o.CronMinWindow {
+	if end.Add(-cronStopBefore).Sub(now) < s.o.CronMinWindow {
 		end = end.Add(time.Minute)
 	}
 	return s.idleSection(ctx, 0, func(ctx context.Context) error {
@@ -645,7 +660,7 @@ func (s *sizeEnv) quickCronAndIdle(ctx context.Context) error {
 		var wg sync.WaitGroup
 		for i, rate := range s.o.Rates {
 			wg.Go(func() {
-				sp := trackSpec{start: now, end: end, stopAtEnd: true, wait: s.cronWait()}
+				sp := trackSpec{start: now, end: end.Add(-cronStopBefore), stopAtEnd: true, wait: s.cronWait()}
 				rows[i], errs[i] = s.cronRun(ctx, s.cronDBs[i], rate, sp)
 				if errs[i] == nil {
 					rows[i].Verified = s.verify(ctx, s.cronDBs[i])
