@@ -190,14 +190,7 @@ func testLogTransactions(t *testing.T, mode string) {
 	// notify's poll reports the doorbell disarmed by the running ringer at
 	// once, then its commit; changelog's only the commit.
 	t.Run("committed after the poll's snapshot: seen by the next poll", func(t *testing.T) {
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = tx.Rollback(ctx) }()
-		if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (7, 7)`); err != nil {
-			t.Fatal(err)
-		}
+		tx := openTx(t, pool, `INSERT INTO public.src VALUES (7, 7)`)
 		early := 0
 		if mode == config.DetectNotify {
 			early = 1

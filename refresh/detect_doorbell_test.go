@@ -101,6 +101,23 @@ func mustInsert(t *testing.T, pool *pgxpool.Pool, table string) time.Time {
 	return start
 }
 
+// openTx begins a transaction on pool and runs sql in it, leaving it open
+// (a writer or lock holder still running); it is rolled back at the end of
+// the test unless ended before.
+func openTx(t *testing.T, pool *pgxpool.Pool, sql string) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
+
 // expectOneChange polls d once and checks that it reports exactly one change
 // of public.src, dated at; it returns the poll's start.
 func expectOneChange(t *testing.T, d detector, prev time.Time, at time.Time, what string) time.Time {
@@ -152,14 +169,7 @@ func TestDoorbell(t *testing.T) {
 	// is watched, and reported by the first poll after its commit, dated at
 	// the start of the poll that first saw it running.
 	ringer := mustInsert(t, pool, "src")
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (2, 2)`); err != nil {
-		t.Fatal(err)
-	}
+	tx := openTx(t, pool, `INSERT INTO public.src VALUES (2, 2)`)
 	if got := b.rings(); got != 1 {
 		t.Fatalf("%d rings, want 1", got)
 	}
@@ -176,13 +186,7 @@ func TestDoorbell(t *testing.T) {
 
 	// The same, rolled back: nothing to report.
 	mustInsert(t, pool, "src")
-	tx, err = pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (2, 2)`); err != nil {
-		t.Fatal(err)
-	}
+	tx = openTx(t, pool, `INSERT INTO public.src VALUES (2, 2)`)
 	_, _, prev = pollOnce(t, d, prev)
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
@@ -197,7 +201,7 @@ func TestDoorbell(t *testing.T) {
 	// fallback poll reports the table, dated at the rolled-back ringer's
 	// start, and re-arms; the writer after that rings again.
 	var rolledBack time.Time
-	tx, err = pool.Begin(ctx)
+	tx, err := pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,14 +293,7 @@ func TestDoorbellWatchStartsBlind(t *testing.T) {
 	pool, d := logSetup(t, config.DetectNotify)
 	bell := doorbellName(srcName).Sanitize()
 	mustExec(t, pool, `SELECT setval($1::regclass, 1)`, bell) // disarmed
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `INSERT INTO public.src VALUES (1, 1)`); err != nil {
-		t.Fatal(err)
-	}
+	tx := openTx(t, pool, `INSERT INTO public.src VALUES (1, 1)`)
 	mustExec(t, pool, `SELECT setval($1::regclass, 1, false)`, bell) // the earlier leader's arm
 	res, evs, start := pollOnce(t, d, time.Time{})
 	if !res.lost || len(evs) != 0 {
@@ -321,30 +318,16 @@ func TestDoorbellPollFailsAfterItsArm(t *testing.T) {
 	pool, d := logSetup(t, config.DetectNotify)
 	_, _, prev := pollOnce(t, d, time.Time{})
 	mustInsert(t, pool, "src") // rings, disarms
-	writer, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = writer.Rollback(ctx) }()
-	if _, err := writer.Exec(ctx, `INSERT INTO public.src VALUES (1, 1)`); err != nil {
-		t.Fatal(err)
-	}
+	writer := openTx(t, pool, `INSERT INTO public.src VALUES (1, 1)`)
 
 	// A log row of a table no view reads, locked: the drain's DELETE
 	// waits for it when it runs, after the arm (a table lock would stop a
 	// new connection earlier, when it prepares the DELETE).
 	mustExec(t, pool, `INSERT INTO refresherd.changelog (source_schema, source_table) VALUES ('public', 'other')`)
-	locker, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = locker.Rollback(ctx) }()
-	if _, err := locker.Exec(ctx, `SELECT FROM refresherd.changelog FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	locker := openTx(t, pool, `SELECT FROM refresherd.changelog FOR UPDATE`)
 	pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	sink := &recordingSink{}
-	_, err = d.poll(pctx, pollRound{start: time.Now(), prev: prev, sources: []config.QualifiedName{srcName}}, sink)
+	_, err := d.poll(pctx, pollRound{start: time.Now(), prev: prev, sources: []config.QualifiedName{srcName}}, sink)
 	cancel()
 	if err == nil {
 		t.Fatal("the poll succeeded with the change log locked")

@@ -635,15 +635,15 @@ func (s *sizeEnv) cronWait() time.Duration {
 	return time.Minute + time.Duration(3*r*float64(time.Second)) + 30*time.Second
 }
 
+// cronStopBefore: quick mode's writes stop this long before pg_cron's tick.
+const cronStopBefore = 2 * time.Second
+
 // quickCronAndIdle is quick mode's pg_cron sample: one database per rate,
 // written at the same time from now until the next minute boundary, where
 // pg_cron's tick refreshes both; the writes stop cronStopBefore the tick, so
 // that none is in flight at its snapshot (one that commits after it is seen
 // only at the next tick, a minute later). Meanwhile the daemon, whose
 // database sees no change, is measured idle.
-// cronStopBefore: quick mode's writes stop this long before pg_cron's tick.
-const cronStopBefore = 2 * time.Second
-
 func (s *sizeEnv) quickCronAndIdle(ctx context.Context) error {
 	s.logf("-- pg_cron (one tick) and idle")
 	if !s.cronOK {
